@@ -1,0 +1,59 @@
+"""Bit-packed pruning masks: one bit per weight in the state.
+
+A mask for a leaf of shape ``(..., C)`` is stored as ``uint8`` bits packed along
+the flattened leading axes, shape ``(ceil(prod(...) / 8), C)``. The last axis
+(a kernel's output channels) is kept whole, so a mask shards the way its
+kernel does along that axis. A float32 kernel's mask costs 1/32 of its bytes
+(a ``bool`` mask would cost 1/4).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+
+__all__ = ["PackedMask", "pack", "unpack"]
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class PackedMask:
+    """A boolean mask of ``shape`` stored as packed bits (``True`` = kept)."""
+
+    bits: jax.Array  # shape=(ceil(rows / 8), cols), dtype=uint8
+    shape: tuple[int, ...] = dataclasses.field(metadata=dict(static=True))
+
+    def unpack(self) -> jax.Array:
+        """The boolean mask, shape ``self.shape``."""
+        return unpack(self)
+
+
+def _rows_cols(shape: tuple[int, ...]) -> tuple[int, int]:
+    if len(shape) == 0:
+        return 1, 1
+    if len(shape) == 1:
+        return shape[0], 1
+    return math.prod(shape[:-1]), shape[-1]
+
+
+def pack(mask: jax.Array) -> PackedMask:
+    """Packs a boolean mask."""
+    shape = tuple(mask.shape)
+    rows, cols = _rows_cols(shape)
+    bits = jnp.packbits(jnp.reshape(mask.astype(jnp.bool_), (rows, cols)), axis=0, bitorder="little")
+    return PackedMask(bits, shape)
+
+
+def unpack(packed: PackedMask) -> jax.Array:
+    """Unpacks to a boolean mask of the original shape."""
+    rows, _ = _rows_cols(packed.shape)
+    bits = jnp.unpackbits(packed.bits, axis=0, count=rows, bitorder="little")
+    return jnp.reshape(bits, packed.shape).astype(jnp.bool_)
+
+
+def ones(shape: tuple[int, ...]) -> PackedMask:
+    """A mask that keeps everything."""
+    return pack(jnp.ones(shape, jnp.bool_))

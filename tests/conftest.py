@@ -1,0 +1,7 @@
+import pytest
+from helpers import make_params
+
+
+@pytest.fixture
+def params():
+    return make_params()

@@ -1,0 +1,66 @@
+"""Every registered transform honours the core contract."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import pytest
+from helpers import make_params
+
+import jaxcompress as jc
+
+TRANSFORMS = {
+    "identity": lambda: jc.identity(),
+    "magnitude-one-shot": lambda: jc.prune.magnitude(0.5),
+    "magnitude-global": lambda: jc.prune.magnitude(jc.schedules.constant(0.7, frequency=2), scope="global"),
+    "magnitude-polynomial": lambda: jc.prune.magnitude(jc.schedules.polynomial(0.0, 0.8, begin=1, end=5)),
+    "int8-per-channel": lambda: jc.quant.int8(),
+    "int4-per-tensor": lambda: jc.quant.symmetric(4, per_channel=False),
+    "chain": lambda: jc.chain(jc.prune.magnitude(0.5), jc.quant.int8()),
+}
+
+
+@pytest.fixture(params=sorted(TRANSFORMS))
+def transform(request):
+    return TRANSFORMS[request.param]()
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_shapes_dtypes_and_single_trace(transform, dtype):
+    params = make_params(dtype=dtype)
+    with jax.numpy_dtype_promotion("strict"):
+        state = transform.init(params)
+
+        traces = []
+
+        @jax.jit
+        def step(params, state):
+            traces.append(1)
+            state = transform.update(params, state, None, unused_extra_arg=1.0)
+            return transform.apply(params, state), state
+
+        for _ in range(6):
+            out, new_state = step(params, state)
+            chex.assert_trees_all_equal_shapes_and_dtypes(out, params)
+            chex.assert_trees_all_equal_shapes_and_dtypes(new_state, state)
+            state = new_state
+        assert len(traces) == 1
+        masks = transform.masks(state)
+        flat = jc.paths.flatten(params)[0]
+        for path, keep in masks.items():
+            assert keep.dtype == jnp.bool_ and keep.shape == flat[path].shape
+
+
+def test_apply_is_differentiable(transform):
+    params = make_params()
+    state = transform.update(params, transform.init(params))
+    grads = jax.grad(lambda p: sum(jnp.sum(x) for x in jax.tree.leaves(transform.apply(p, state))))(params)
+    chex.assert_trees_all_equal_shapes_and_dtypes(grads, params)
+    chex.assert_tree_all_finite(grads)
+
+
+def test_apply_rejects_params_of_another_structure(transform):
+    params = make_params()
+    state = transform.init(params)
+    if transform.masks(state) or not isinstance(state, jc.core.IdentityState):
+        with pytest.raises(ValueError, match="lack the leaves"):
+            transform.apply({"other": {"kernel": jnp.ones((2, 2))}}, state)
