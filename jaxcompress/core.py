@@ -10,13 +10,21 @@ A :class:`Transform` is a NamedTuple of pure functions in the optax mould:
   with a traced step counter kept in the state; it never retraces.
 * ``apply(params, state) -> params``: the compressed view of ``params``
   (masked, fake-quantized), differentiable (straight-through where needed).
-* ``masks(state) -> {path: bool array}``: the hard masks the optimizer wrapper
+* ``masks(state) -> {path: PackedMask}``: the hard masks the optimizer wrapper
   (:func:`jaxcompress.optim.with_compression`) must keep enforced on the params
-  themselves. Methods that keep dense weights (quantizers, STE pruning)
-  return ``{}``.
+  themselves, bit-packed (``mask.unpack()`` gives the boolean array). Methods
+  that keep dense weights (quantizers, STE pruning) return ``{}``.
 
 State is keyed by leaf path (``{"Dense_0/kernel": ...}``), so it jits, shards
 and checkpoints like the params, and never holds ``None`` placeholders.
+
+**Learned parameters.** A method with trainable parameters of its own (LSQ step
+sizes, PACT clipping levels, k-means codebooks) keeps them in its state inside
+a :class:`Learned` node. :func:`learned_params` collects every ``Learned`` node
+of a (chained) state and :func:`replace_learned` puts new values back, so a
+loss can be differentiated with respect to them
+(:func:`jaxcompress.optim.value_and_grad`) and the optimizer wrapper can train
+them beside the model's params.
 """
 
 from __future__ import annotations
@@ -25,16 +33,24 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
-import jax.numpy as jnp
 
 from jaxcompress import paths as paths_lib
+from jaxcompress.masks import PackedMask
 
-__all__ = ["Transform", "chain", "compress", "identity", "merge_masks"]
-
+__all__ = [
+    "Learned",
+    "Transform",
+    "chain",
+    "compress",
+    "identity",
+    "learned_params",
+    "merge_masks",
+    "replace_learned",
+]
 
 PyTree = Any
 State = Any
-Masks = dict[str, jax.Array]
+Masks = dict[str, PackedMask]
 
 
 class Transform(NamedTuple):
@@ -44,6 +60,31 @@ class Transform(NamedTuple):
     update: Callable[..., State]
     apply: Callable[[PyTree, State], PyTree]
     masks: Callable[[State], Masks]
+
+
+class Learned(NamedTuple):
+    """Trainable parameters of a compression method, inside its state."""
+
+    values: dict[str, Any]  # by path (or name): float arrays the optimizer trains
+
+
+def _is_learned(x: Any) -> bool:
+    return isinstance(x, Learned)
+
+
+def learned_params(state: State) -> tuple[Learned, ...]:
+    """Every :class:`Learned` node of ``state``, in tree order (``()`` if none)."""
+    return tuple(n for n in jax.tree.leaves(state, is_leaf=_is_learned) if _is_learned(n))
+
+
+def replace_learned(state: State, learned: tuple[Learned, ...]) -> State:
+    """``state`` with its :class:`Learned` nodes replaced, in order, by ``learned``."""
+    learned = tuple(learned)
+    n = len(learned_params(state))
+    if len(learned) != n:
+        raise ValueError(f"`learned` must hold {n} Learned nodes (one per method that learns), got {len(learned)}.")
+    replacements = iter(learned)
+    return jax.tree.map(lambda x: next(replacements) if _is_learned(x) else x, state, is_leaf=_is_learned)
 
 
 class IdentityState(NamedTuple):
@@ -69,7 +110,7 @@ def merge_masks(*mask_dicts: Masks) -> Masks:
     merged: Masks = {}
     for masks in mask_dicts:
         for path, mask in masks.items():
-            merged[path] = jnp.logical_and(merged[path], mask) if path in merged else mask
+            merged[path] = merged[path] & mask if path in merged else mask
     return merged
 
 

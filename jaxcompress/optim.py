@@ -2,27 +2,40 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
+from jax import lax
 
 from jaxcompress import core
 from jaxcompress import paths as paths_lib
+from jaxcompress.masks import PackedMask
 
-__all__ = ["WithCompressionState", "compression_state", "with_compression"]
+__all__ = [
+    "WithCompressionState",
+    "compression_state",
+    "reset_regrown",
+    "value_and_grad",
+    "with_compression",
+]
 
 
 class WithCompressionState(NamedTuple):
     """State of :func:`with_compression`."""
 
-    inner_state: optax.OptState  # the wrapped optimizer's state
+    inner_state: optax.OptState  # the wrapped optimizer's state, over the params
     compression_state: Any  # the recipe's state
+    learned_state: optax.OptState  # the learned-parameter optimizer's state (() if none)
 
 
 def with_compression(
-    inner: optax.GradientTransformation, recipe: core.Transform
+    inner: optax.GradientTransformation,
+    recipe: core.Transform,
+    *,
+    learned_optimizer: optax.GradientTransformation | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     """Wraps an optax optimizer so that it advances ``recipe`` and enforces its masks.
 
@@ -33,16 +46,21 @@ def with_compression(
     2. the inner optimizer computes its updates as usual;
     3. every weight outside the recipe's hard masks gets the update ``-param``,
        so ``optax.apply_updates`` leaves it exactly ``0.0``, whatever the inner
-       optimizer does (momentum, weight decay, ...).
+       optimizer does (momentum, weight decay, ...). A weight that a mask
+       *regrows* (dynamic sparse training) starts from exactly ``0.0`` too, and
+       its entries in every inner-state subtree shaped like the params (Adam's
+       moments, momentum traces, ...) are reset to zero: this works for any
+       optax optimizer, including ``inject_hyperparams`` and ``chain``.
 
-    The recipe's state lives in the optimizer state; read it with
-    :func:`compression_state` to run the compressed forward pass
-    ``recipe.apply(params, cstate)``.
+    If the recipe has learned parameters (see :class:`jaxcompress.core.Learned`),
+    pass their gradients as ``learned_grads=`` (from :func:`value_and_grad`);
+    ``learned_optimizer`` (default: ``inner``) trains them.
 
     Args:
       inner: any optax gradient transformation (``optax.adamw(...)``,
         ``optax.inject_hyperparams(optax.sgd)(...)``, ``optax.chain(...)``).
       recipe: a :class:`jaxcompress.Transform` (e.g. a :func:`jaxcompress.chain`).
+      learned_optimizer: optimizer for the recipe's learned parameters.
 
     Returns:
       An ``optax.GradientTransformationExtraArgs``; extra keyword arguments are
@@ -51,21 +69,25 @@ def with_compression(
     Example:
       >>> import jax.numpy as jnp, optax, jaxcompress as jc
       >>> recipe = jc.prune.magnitude(0.5)
-      >>> tx = jc.optim.with_compression(optax.sgd(0.1), recipe)
+      >>> tx = jc.optim.with_compression(optax.sgd(0.5), recipe)
       >>> params = {"w": jnp.arange(1.0, 5.0).reshape(2, 2)}
       >>> state = tx.init(params)
       >>> updates, state = tx.update({"w": jnp.ones((2, 2))}, state, params)
       >>> optax.apply_updates(params, updates)["w"].tolist()
-      [[0.0, 0.0], [2.9000000953674316, 3.9000000953674316]]
+      [[0.0, 0.0], [2.5, 3.5]]
     """
     if not isinstance(recipe, core.Transform):
         raise TypeError(f"`recipe` must be a jaxcompress Transform, got {type(recipe).__name__}: {recipe!r}.")
-    if not hasattr(inner, "init") or not hasattr(inner, "update"):
-        raise TypeError(f"`inner` must be an optax GradientTransformation, got {type(inner).__name__}.")
+    for name, tx in (("inner", inner), ("learned_optimizer", learned_optimizer)):
+        if tx is not None and not (hasattr(tx, "init") and hasattr(tx, "update")):
+            raise TypeError(f"`{name}` must be an optax GradientTransformation, got {type(tx).__name__}.")
     inner = optax.with_extra_args_support(inner)
+    learned_tx = optax.with_extra_args_support(learned_optimizer) if learned_optimizer is not None else inner
 
     def init(params: Any) -> WithCompressionState:
-        return WithCompressionState(inner.init(params), recipe.init(params))
+        cstate = recipe.init(params)
+        learned = core.learned_params(cstate)
+        return WithCompressionState(inner.init(params), cstate, learned_tx.init(learned) if learned else ())
 
     def update(updates: Any, state: WithCompressionState, params: Any = None, **extra_args):
         if params is None:
@@ -73,24 +95,88 @@ def with_compression(
                 "`params` is required: call tx.update(grads, opt_state, params) so that "
                 "jaxcompress can refresh masks and keep pruned weights at zero."
             )
+        learned_grads = extra_args.pop("learned_grads", None)
+        old_masks = recipe.masks(state.compression_state)
         cstate = recipe.update(params, state.compression_state, updates, **extra_args)
+        new_masks = recipe.masks(cstate)
         updates, inner_state = inner.update(updates, state.inner_state, params, **extra_args)
-        updates = enforce_masks(updates, params, recipe.masks(cstate))
-        return updates, WithCompressionState(inner_state, cstate)
+        updates = enforce_masks(updates, params, _stable(old_masks, new_masks))
+        inner_state = reset_regrown(inner_state, params, old_masks, new_masks)
+        cstate, learned_state = _train_learned(cstate, state.learned_state, learned_grads, learned_tx, extra_args)
+        return updates, WithCompressionState(inner_state, cstate, learned_state)
 
     return optax.GradientTransformationExtraArgs(init, update)
 
 
-def enforce_masks(updates: Any, params: Any, masks: dict[str, jax.Array]) -> Any:
+def _stable(old: dict[str, PackedMask], new: dict[str, PackedMask]) -> dict[str, PackedMask]:
+    """Weights kept before and after this step's refresh (regrown ones start at zero)."""
+    return {p: new[p] & old[p] if p in old else new[p] for p in new}
+
+
+def _train_learned(cstate, learned_state, learned_grads, learned_tx, extra_args):
+    learned = core.learned_params(cstate)
+    if not learned:
+        if learned_grads not in (None, ()):
+            raise ValueError("`learned_grads` was given but the recipe has no learned parameters.")
+        return cstate, learned_state
+    if learned_grads is None:
+        raise ValueError(
+            "This recipe has learned parameters: pass their gradients with "
+            "tx.update(grads, opt_state, params, learned_grads=...); "
+            "jc.optim.value_and_grad(loss_fn) returns them."
+        )
+    learned_updates, learned_state = learned_tx.update(learned_grads, learned_state, learned, **extra_args)
+    return core.replace_learned(cstate, optax.apply_updates(learned, learned_updates)), learned_state
+
+
+def enforce_masks(updates: Any, params: Any, masks: dict[str, PackedMask]) -> Any:
     """Replaces the update of every masked-out weight by ``-param``."""
     if not masks:
         return updates
     flat_updates, treedef = paths_lib.flatten(updates)
     flat_params, _ = paths_lib.flatten(params)
-    for path, keep in masks.items():
+    for path, mask in masks.items():
         u, p = flat_updates[path], flat_params[path]
-        flat_updates[path] = jnp.where(keep, u, -p.astype(u.dtype))
+        flat_updates[path] = jnp.where(mask.unpack(), u, -p.astype(u.dtype))
     return paths_lib.unflatten(treedef, flat_updates)
+
+
+def reset_regrown(
+    inner_state: Any, params: Any, old_masks: dict[str, PackedMask], new_masks: dict[str, PackedMask]
+) -> Any:
+    """Zeroes regrown weights' entries in every subtree of ``inner_state`` shaped like ``params``.
+
+    A subtree counts when its tree structure equals the params' and, per leaf,
+    its shape equals the param's (Adam's ``mu``/``nu``, momentum traces; not
+    Adafactor's factored rows and columns). The reset runs under ``lax.cond``
+    only on steps where some mask regrew.
+    """
+    regrown = {p: new_masks[p].without(old_masks[p]) for p in new_masks if p in old_masks}
+    if not regrown:
+        return inner_state
+    params_def = jax.tree.structure(params)
+    params_flat, _ = paths_lib.flatten(params)
+
+    def is_mirror(node: Any) -> bool:
+        return jax.tree.structure(node) == params_def
+
+    def reset(node: Any) -> Any:
+        if not is_mirror(node):
+            return node
+        flat, treedef = paths_lib.flatten(node)
+        for path, mask in regrown.items():
+            leaf = flat[path]
+            if jnp.shape(leaf) == jnp.shape(params_flat[path]):
+                flat[path] = jnp.where(mask.unpack(), jnp.zeros((), jnp.result_type(leaf)), leaf)
+        return paths_lib.unflatten(treedef, flat)
+
+    any_regrown = jnp.any(jnp.stack([m.any() for m in regrown.values()]))
+    return lax.cond(
+        any_regrown,
+        lambda s: jax.tree.map(reset, s, is_leaf=is_mirror),
+        lambda s: s,
+        inner_state,
+    )
 
 
 def compression_state(opt_state: Any) -> Any:
@@ -110,3 +196,34 @@ def compression_state(opt_state: Any) -> Any:
             f"found {len(found)}. Build the optimizer with jc.optim.with_compression(inner, recipe)."
         )
     return found[0]
+
+
+def value_and_grad(loss_fn: Callable[..., jax.Array], *, has_aux: bool = False) -> Callable:
+    """Gradients of ``loss_fn(params, cstate, *args)`` for the params and the learned parameters.
+
+    Returns a function ``(params, cstate, *args) -> (value, grads,
+    learned_grads)`` (``value`` is ``(loss, aux)`` with ``has_aux``). Pass
+    ``learned_grads`` on as ``tx.update(grads, opt_state, params,
+    learned_grads=learned_grads)``. With no learned parameters,
+    ``learned_grads`` is ``()``.
+
+    Example:
+      >>> import jax.numpy as jnp, jaxcompress as jc
+      >>> recipe = jc.quant.int8()
+      >>> params = {"w": jnp.ones((2, 2))}
+      >>> loss = lambda p, c: jnp.sum(recipe.apply(p, c)["w"])
+      >>> value, grads, learned_grads = jc.optim.value_and_grad(loss)(params, recipe.init(params))
+      >>> float(value), grads["w"].tolist(), learned_grads
+      (4.0, [[1.0, 1.0], [1.0, 1.0]], ())
+    """
+
+    def wrapped(params: Any, cstate: Any, *args: Any):
+        learned = core.learned_params(cstate)
+
+        def split_loss(p, learned_values):
+            return loss_fn(p, core.replace_learned(cstate, learned_values), *args)
+
+        value, (grads, learned_grads) = jax.value_and_grad(split_loss, argnums=(0, 1), has_aux=has_aux)(params, learned)
+        return value, grads, learned_grads
+
+    return wrapped

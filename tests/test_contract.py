@@ -46,7 +46,8 @@ def test_shapes_dtypes_and_single_trace(transform, dtype):
         assert len(traces) == 1
         masks = transform.masks(state)
         flat = jc.paths.flatten(params)[0]
-        for path, keep in masks.items():
+        for path, mask in masks.items():
+            keep = mask.unpack()
             assert keep.dtype == jnp.bool_ and keep.shape == flat[path].shape
 
 

@@ -8,7 +8,7 @@ import pytest
 from helpers import make_params
 
 import jaxcompress as jc
-from jaxcompress.prune.packed import PackedMask
+from jaxcompress.masks import PackedMask
 
 
 class Net(nn.Module):
@@ -68,8 +68,8 @@ def test_pruned_weights_stay_exactly_zero_for_200_steps(inner):
         if i in (30, 120, 199):
             masks = recipe.masks(jc.optim.compression_state(opt_state))
             flat = jc.paths.flatten(params)[0]
-            for path, keep in masks.items():
-                w = flat[path]
+            for path, mask in masks.items():
+                w, keep = flat[path], mask.unpack()
                 assert bool(jnp.all(w[~keep] == 0.0)), (i, path)
                 if i >= 50:
                     assert int(jnp.sum(~keep)) == round(0.9 * w.size)
@@ -86,7 +86,7 @@ def test_wrapper_nested_in_optax_chain():
     step = jax.jit(make_step(model, tx, recipe))
     for _ in range(15):
         params, opt_state = step(params, opt_state, x, y)
-    keep = recipe.masks(jc.optim.compression_state(opt_state))["Dense_0/kernel"]
+    keep = recipe.masks(jc.optim.compression_state(opt_state))["Dense_0/kernel"].unpack()
     assert bool(jnp.all(params["Dense_0"]["kernel"][~keep] == 0.0))
 
 

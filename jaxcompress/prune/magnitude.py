@@ -10,8 +10,9 @@ import jax.numpy as jnp
 from jax import lax
 
 from jaxcompress import _validate, core, schedules
+from jaxcompress import masks as packed
 from jaxcompress import paths as paths_lib
-from jaxcompress.prune import packed, threshold
+from jaxcompress.prune import threshold
 
 __all__ = ["MagnitudeState", "magnitude"]
 
@@ -112,7 +113,7 @@ def magnitude(
 
         return core.map_selected(mask_leaf, params, list(state.masks))
 
-    def masks(state: MagnitudeState) -> dict[str, jax.Array]:
-        return {p: m.unpack() for p, m in state.masks.items()}
+    def masks(state: MagnitudeState) -> dict[str, packed.PackedMask]:
+        return dict(state.masks)
 
     return core.Transform(init, update, apply, masks)

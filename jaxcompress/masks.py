@@ -1,4 +1,4 @@
-"""Bit-packed pruning masks: one bit per weight in the state.
+"""Bit-packed masks: one bit per weight, how every hard mask is stored and passed.
 
 A mask for a leaf of shape ``(..., C)`` is stored as ``uint8`` bits packed along
 the flattened leading axes, shape ``(ceil(prod(...) / 8), C)``. The last axis
@@ -29,6 +29,24 @@ class PackedMask:
     def unpack(self) -> jax.Array:
         """The boolean mask, shape ``self.shape``."""
         return unpack(self)
+
+    def __and__(self, other: PackedMask) -> PackedMask:
+        _check_same_shape(self, other)
+        return PackedMask(self.bits & other.bits, self.shape)
+
+    def without(self, other: PackedMask) -> PackedMask:
+        """Kept here and not in ``other`` (e.g. regrown: ``new.without(old)``)."""
+        _check_same_shape(self, other)
+        return PackedMask(self.bits & ~other.bits, self.shape)
+
+    def any(self) -> jax.Array:
+        """Whether any entry is kept (padding bits are always zero)."""
+        return jnp.any(self.bits != 0)
+
+
+def _check_same_shape(a: PackedMask, b: PackedMask) -> None:
+    if a.shape != b.shape:
+        raise ValueError(f"Cannot combine masks of shapes {a.shape} and {b.shape}.")
 
 
 def _rows_cols(shape: tuple[int, ...]) -> tuple[int, int]:
