@@ -10,6 +10,9 @@ A :class:`Transform` is a NamedTuple of pure functions in the optax mould:
   with a traced step counter kept in the state; it never retraces.
 * ``apply(params, state) -> params``: the compressed view of ``params``
   (masked, fake-quantized), differentiable (straight-through where needed).
+* ``integer(params, state) -> {path: IntegerWeights}`` (quantizers only, else
+  ``None``): the integer codes, scales and zero points whose dequantization is
+  exactly what ``apply`` produced; export builds the int8 model from them.
 * ``masks(state) -> {path: PackedMask}``: the hard masks the optimizer wrapper
   (:func:`jaxcompress.optim.with_compression`) must keep enforced on the params
   themselves, bit-packed (``mask.unpack()`` gives the boolean array). Methods
@@ -33,11 +36,13 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
+import jax.numpy as jnp
 
 from jaxcompress import paths as paths_lib
 from jaxcompress.masks import PackedMask
 
 __all__ = [
+    "IntegerWeights",
     "Learned",
     "Transform",
     "chain",
@@ -53,13 +58,42 @@ State = Any
 Masks = dict[str, PackedMask]
 
 
+class IntegerWeights(NamedTuple):
+    """A quantized leaf in integer form: what export stores and computes with.
+
+    Affine leaves dequantize to ``(codes - zero_point) * scale``; ``scale`` and
+    ``zero_point`` have the leaf's ndim, each axis of size 1, the leaf's size, or
+    (along ``group_axis``) ``size // group_size``. Codebook leaves dequantize to
+    ``codebook[codes] * scale``.
+    """
+
+    codes: jax.Array  # int8 (affine codes in [-2^(b-1), 2^(b-1)) or [0, 2^b)) or codebook indices
+    scale: jax.Array  # float32, broadcastable as described above
+    zero_point: jax.Array | None  # int32 like ``scale``; None for symmetric
+    bits: int  # static bit width, 2 to 8
+    group_axis: int | None = None  # static: axis the groups run along
+    group_size: int | None = None  # static
+    codebook: jax.Array | None = None  # float32 (K,) for codebook (k-means, log2) leaves
+
+    def dequantize(self) -> jax.Array:
+        """The float32 weights these codes stand for."""
+        expand = lambda a: a if self.group_size is None else jnp.repeat(a, self.group_size, axis=self.group_axis)
+        if self.codebook is not None:
+            return self.codebook[self.codes.astype(jnp.int32)] * expand(self.scale)
+        codes = self.codes.astype(jnp.int32)
+        if self.zero_point is not None:
+            codes = codes - expand(self.zero_point)
+        return codes.astype(jnp.float32) * expand(self.scale)
+
+
 class Transform(NamedTuple):
-    """A compression method as four pure functions (see module docstring)."""
+    """A compression method as pure functions (see module docstring)."""
 
     init: Callable[[PyTree], State]
     update: Callable[..., State]
     apply: Callable[[PyTree, State], PyTree]
     masks: Callable[[State], Masks]
+    integer: Callable[[PyTree, State], dict[str, IntegerWeights]] | None = None
 
 
 class Learned(NamedTuple):
@@ -167,7 +201,16 @@ def chain(*transforms: Transform) -> Transform:
         _check_chain_state(state, len(transforms))
         return merge_masks(*(t.masks(s) for t, s in zip(transforms, state, strict=True)))
 
-    return Transform(init, update, apply, masks)
+    def integer(params: PyTree, state: tuple) -> dict[str, IntegerWeights]:
+        _check_chain_state(state, len(transforms))
+        found: dict[str, IntegerWeights] = {}
+        for t, s in zip(transforms, state, strict=True):
+            if t.integer is not None:
+                found.update(t.integer(params, s))
+            params = t.apply(params, s)
+        return found
+
+    return Transform(init, update, apply, masks, integer)
 
 
 def _check_chain_state(state: Any, n: int) -> None:

@@ -90,3 +90,16 @@ def test_quantize_after_prune_keeps_zeros(params):
         keep = masks[f"{layer}/kernel"].unpack()
         np.testing.assert_array_equal(w[~keep], 0.0)
         assert int(jnp.sum(w == 0)) >= round(0.8 * w.size)
+
+
+@pytest.mark.parametrize("bits", [2, 4, 8])
+def test_integer_weights_dequantize_to_what_apply_computes(params, bits):
+    recipe = jc.chain(jc.prune.magnitude(0.5), jc.quant.symmetric(bits))
+    state = recipe.update(params, recipe.init(params))
+    compressed = jc.paths.flatten(recipe.apply(params, state))[0]
+    integer = recipe.integer(params, state)
+    assert sorted(integer) == ["Conv_0/kernel", "Dense_0/kernel", "Dense_1/kernel"]
+    for path, iw in integer.items():
+        assert iw.codes.dtype == jnp.int8 and iw.bits == bits
+        assert int(jnp.max(jnp.abs(iw.codes))) <= 2 ** (bits - 1) - 1
+        np.testing.assert_array_equal(iw.dequantize(), compressed[path])

@@ -133,7 +133,15 @@ def symmetric(
     def apply(params: Any, state: SymmetricState) -> Any:
         return core.map_selected(lambda p, w: symmetric_fake_quant(w, state.bits[p], axis), params, list(state.bits))
 
-    return core.Transform(init, update, apply, lambda state: {})
+    def integer(params: Any, state: SymmetricState) -> dict[str, core.IntegerWeights]:
+        leaves = core.leaves_at(params, list(state.bits))
+        out = {}
+        for p, w in leaves.items():
+            codes, scale = symmetric_codes(w, state.bits[p], axis)
+            out[p] = core.IntegerWeights(codes, scale, None, bits)
+        return out
+
+    return core.Transform(init, update, apply, lambda state: {}, integer)
 
 
 def int8(*, per_channel: bool = True, rule: paths_lib.Rule = paths_lib.KERNELS) -> core.Transform:
