@@ -1,0 +1,424 @@
+"""``jc.export.int8``: from (params, compression state) to an integer XLA program."""
+
+from __future__ import annotations
+
+import copy
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxcompress import core
+from jaxcompress import paths as paths_lib
+from jaxcompress.export import artifact, layers, program, structured
+
+__all__ = ["Exported", "int8"]
+
+_CHOICES = ("measure", "int8", "float")
+
+
+class Exported(artifact.Artifact):
+    """An exported model, callable, with :meth:`save` and a :attr:`report`."""
+
+    def __init__(self, exported, weights, metadata, stored):
+        super().__init__(exported, weights, metadata)
+        self._stored = stored
+
+    @property
+    def report(self) -> dict:
+        """What was exported: per-layer path choices and timings, per-leaf storage and bytes."""
+        return self.metadata
+
+    def stablehlo(self) -> str:
+        """The program's StableHLO text."""
+        return self.exported.mlir_module()
+
+    def save(self, path: str | os.PathLike) -> int:
+        """Writes the artifact file (see :mod:`jaxcompress.export.artifact`); returns its size in bytes."""
+        program_bytes = bytes(self.exported.serialize())
+        size = artifact.write(path, program_bytes, self._stored, self.metadata)
+        self.metadata["file_bytes"] = size
+        return size
+
+
+def int8(
+    model: nn.Module,
+    variables: Mapping[str, Any],
+    recipe: core.Transform,
+    cstate: Any,
+    example: jax.typing.ArrayLike,
+    *,
+    apply_kwargs: Mapping[str, Any] | None = None,
+    activations: str | Mapping[str, layers.InputSpec] = "dynamic",
+    dispatch: str | Mapping[str, str] = "measure",
+    remove_pruned_channels: bool = True,
+    platforms: tuple[str, ...] | None = None,
+    description: str | None = None,
+    accuracy: Mapping[str, float] | None = None,
+) -> Exported:
+    """Exports a compressed Flax model as an integer XLA program.
+
+    Every Dense and Conv whose kernel the recipe quantizes becomes an
+    ``int8 x int8 -> int32`` ``lax.dot_general`` / ``lax.conv_general_dilated``
+    followed by rescaling (or, where measured faster, a float op on the
+    dequantized weights). Inference-mode BatchNorms right after such a layer
+    are folded into its rescaling. Weights are program arguments, stored
+    compressed in the artifact.
+
+    Args:
+      model: the Flax linen model.
+      variables: its variables (``{"params": ..., "batch_stats": ...}``), uncompressed.
+      recipe: the compression recipe (must quantize some kernels).
+      cstate: the recipe's state (``jc.optim.compression_state(opt_state)``).
+      example: an example input batch; its batch size is what dispatch is
+        measured at, and its other dims fix the program's input shape (the
+        batch dimension is symbolic).
+      apply_kwargs: extra keyword arguments of ``model.apply`` for inference
+        (e.g. ``{"train": False}``).
+      activations: ``"dynamic"`` (per-call symmetric int8 scale from ``max|x|``)
+        or ``{module_path: InputSpec}`` with static calibrated scales.
+      dispatch: ``"measure"`` (time each layer both ways on this backend and
+        keep the faster), ``"int8"``, ``"float"``, or ``{module_path: choice}``.
+      remove_pruned_channels: physically remove all-zero output channels and
+        the inputs they feed (see :mod:`jaxcompress.export.structured`); the
+        report's ``notes`` say what was removed and what could not be, and why.
+      platforms: ``jax.export`` platforms (default: the current backend).
+      description: a description of the recipe for the metadata.
+      accuracy: known accuracy figures to record in the metadata.
+
+    Returns:
+      An :class:`Exported`: call it, ``save`` it, read its ``report``.
+    """
+    apply_kwargs = dict(apply_kwargs or {})
+    _check_inputs(model, variables, recipe, example, dispatch, activations)
+    example = jnp.asarray(example)
+    params = variables["params"]
+    compressed = recipe.apply(params, cstate)
+    integer = recipe.integer(params, cstate)
+    float_vars = {**variables, "params": compressed}
+    calls = program.probe_calls(model, float_vars, example, apply_kwargs)
+    for call in calls:
+        if isinstance(call.module, nn.BatchNorm) and not program.uses_running_average(call):
+            raise ValueError(
+                f"BatchNorm {call.path!r} ran in training mode; export needs inference mode: pass "
+                f"`apply_kwargs` that make it use running averages (e.g. {{'train': False}})."
+            )
+
+    plans, weights, candidates, notes = {}, {}, {}, []
+    seen = set()
+    for call in calls:
+        if call.path in seen or not isinstance(call.module, (nn.Dense, nn.Conv)):
+            continue
+        seen.add(call.path)
+        iw = integer.get(f"{call.path}/kernel")
+        if iw is None:
+            continue
+        plan, reason = _plan_for(call, iw, activations)
+        if plan is None:
+            notes.append(f"{call.path}: left to the model's own float code ({reason})")
+            continue
+        plans[call.path] = plan
+        candidates[call.path] = _layer_weights(call, iw, compressed)
+
+    for bn_path, producer in program.batchnorm_pairs(calls).items():
+        if producer in plans:
+            mul, add = program.batchnorm_affine(_find_call(calls, bn_path).module, variables, bn_path)
+            _fold_affine(candidates[producer], mul, add)
+            plans[bn_path] = program.LayerPlan("identity")
+
+    removal = None
+    if remove_pruned_channels and plans:
+        removal = _remove_channels(model, float_vars, example, apply_kwargs, plans, candidates, calls)
+        notes.extend(removal.notes)
+
+    float_args = {"layers": {p: c.candidates["float"] for p, c in candidates.items()}, "variables": float_vars}
+    layer_inputs: dict[str, Any] = {}
+    program.Program(model, {p: pl._replace(integer=False) for p, pl in plans.items()}, apply_kwargs).run(
+        float_args, example, record=layer_inputs
+    )
+    timings = {}
+    for path, plan in list(plans.items()):
+        if plan.kind == "identity":
+            continue
+        choice = dispatch.get(path, "measure") if isinstance(dispatch, Mapping) else dispatch
+        if "int8" not in candidates[path].candidates:
+            choice = "float"
+        if choice == "measure":
+            timings[path] = _measure(plan, candidates[path].candidates, layer_inputs[path])
+            choice = "int8" if timings[path]["int8_s"] <= timings[path]["float_s"] else "float"
+        plans[path] = plan._replace(integer=choice == "int8")
+        weights[path] = candidates[path].candidates["int8" if choice == "int8" else "float"]
+
+    variables_left = _without(float_vars, plans)
+    fn = program.Program(model, plans, apply_kwargs)
+    args = jax.tree.map(_canonical, {"layers": weights, "variables": variables_left})
+    x_spec = jax.ShapeDtypeStruct((*jax.export.symbolic_shape("b"), *example.shape[1:]), example.dtype)
+    w_spec = jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a), np.asarray(a).dtype), args)
+
+    def infer(weights, x):
+        return fn(weights, x)
+
+    exported = jax.export.export(jax.jit(infer), platforms=platforms)(w_spec, x_spec)
+
+    stored, leaves = _storage(args, candidates)
+    metadata = {
+        "format_version": artifact.FORMAT_VERSION,
+        "description": description or _describe(cstate),
+        "input": {"shape": ["b", *example.shape[1:]], "dtype": str(example.dtype)},
+        "layers": {
+            p: {
+                "kind": plan.kind,
+                "compute": "identity (folded into its producer)"
+                if plan.kind == "identity"
+                else ("int8" if plan.integer else "float32"),
+                "input_quantization": None if plan.spec is None else ("dynamic" if plan.spec.dynamic else "static"),
+                **({k: round(v * 1e6, 1) for k, v in timings[p].items()} if p in timings else {}),
+            }
+            for p, plan in plans.items()
+        },
+        "notes": notes,
+        "leaves": leaves,
+        "weight_bytes": sum(v["bytes"] for v in leaves.values()),
+        "accuracy": dict(accuracy or {}),
+        "jax_version": jax.__version__,
+        "platforms": list(exported.platforms),
+    }
+    return Exported(exported, args, metadata, stored)
+
+
+def _check_inputs(model, variables, recipe, example, dispatch, activations) -> None:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"`model` must be a flax.linen Module, got {type(model).__name__}.")
+    if not isinstance(variables, Mapping) or "params" not in variables:
+        raise TypeError("`variables` must be the model's variables dict with a 'params' collection.")
+    if not isinstance(recipe, core.Transform) or recipe.integer is None:
+        raise TypeError(
+            "`recipe` must be a jaxcompress Transform that quantizes weights (e.g. "
+            "jc.chain(jc.prune.magnitude(...), jc.quant.int8())); a pruning-only recipe has no integer form."
+        )
+    if np.ndim(example) < 1:
+        raise ValueError(f"`example` must be a batch with a leading batch axis, got shape {np.shape(example)}.")
+    choices = dispatch.values() if isinstance(dispatch, Mapping) else [dispatch]
+    for c in choices:
+        if c not in _CHOICES:
+            raise ValueError(f"`dispatch` values must be one of {_CHOICES}, got {c!r}.")
+    if not (activations == "dynamic" or isinstance(activations, Mapping)):
+        raise ValueError(f"`activations` must be 'dynamic' or {{module_path: InputSpec}}, got {activations!r}.")
+
+
+def _plan_for(call, iw: core.IntegerWeights, activations) -> tuple[program.LayerPlan | None, str]:
+    spec = activations.get(call.path, layers.InputSpec()) if isinstance(activations, Mapping) else layers.InputSpec()
+    integer_ok = iw.codebook is None and iw.group_size is None
+    if isinstance(call.module, nn.Dense):
+        if call.module.dot_general is not None or call.module.dot_general_cls is not None:
+            return None, "custom dot_general"
+        return program.LayerPlan("dense", integer_ok, spec), ""
+    cfg = layers.conv_config(call.module)
+    if cfg is None:
+        return None, "unsupported Conv configuration (padding mode, unshared weights or mask)"
+    return program.LayerPlan("conv", integer_ok and iw.zero_point is None, spec, cfg), ""
+
+
+class _Layer:
+    """Export bookkeeping of one planned layer (never a program argument).
+
+    ``codes``/``scale``/``zero_point`` are what a float-path kernel is stored
+    as (codes times the effective scale, BatchNorm factor included); they are
+    sliced together with the candidates when channels are removed.
+    """
+
+    def __init__(self, kind: str, iw: core.IntegerWeights, candidates: dict[str, dict[str, np.ndarray]]):
+        self.kind = kind
+        self.iw = iw
+        self.candidates = candidates
+        self.codes = np.asarray(iw.codes)
+        self.scale = np.asarray(iw.scale, np.float32)
+        self.zero_point = None if iw.zero_point is None else np.asarray(iw.zero_point, np.int32)
+
+    def reduce(self, keep_out, keep_in, consts) -> None:
+        for name, w in self.candidates.items():
+            self.candidates[name] = structured.reduce_weights(w, self.kind, keep_out, keep_in, consts)
+        in_axis = 0 if self.kind == "dense" else self.codes.ndim - 2
+        out = slice(None) if keep_out is None else keep_out
+        if keep_in is not None:
+            self.codes = np.take(self.codes, keep_in, axis=in_axis)
+        self.codes = self.codes[..., out]
+        for name in ("scale", "zero_point"):
+            a = getattr(self, name)
+            if a is None:
+                continue
+            if keep_in is not None and a.shape[in_axis] > 1:
+                a = np.take(a, keep_in, axis=in_axis)
+            setattr(self, name, a[..., out] if a.shape[-1] > 1 else a)
+
+
+def _layer_weights(call, iw: core.IntegerWeights, compressed) -> _Layer:
+    """Both candidate weight sets of a layer: ``{"int8": {...}, "float": {...}}``."""
+    node = program._lookup(compressed, call.path)
+    bias = None if node is None or "bias" not in node else np.asarray(node["bias"], np.float32)
+    codes = np.asarray(iw.codes)
+    n_out = codes.shape[-1]
+    candidates = {"float": {"kernel": np.asarray(iw.dequantize(), np.float32)}}
+    if bias is not None:
+        candidates["float"]["bias"] = bias
+    if iw.codebook is None and iw.group_size is None:
+        scale = np.broadcast_to(np.asarray(iw.scale, np.float32).reshape(-1), (n_out,)).copy()
+        zp = None if iw.zero_point is None else np.broadcast_to(np.asarray(iw.zero_point).reshape(-1), (n_out,))
+        if isinstance(call.module, nn.Dense):
+            candidates["int8"] = layers.dense_weights(codes, scale, zp, bias)
+        else:
+            candidates["int8"] = layers.conv_weights(codes, scale, bias)
+    return _Layer("dense" if isinstance(call.module, nn.Dense) else "conv", iw, candidates)
+
+
+def _fold_affine(layer: _Layer, mul: np.ndarray, add: np.ndarray) -> None:
+    """Folds ``y * mul + add`` (per output channel) into both candidates, in place."""
+    for w in layer.candidates.values():
+        bias = w.get("bias", np.zeros_like(add))
+        w["bias"] = (bias * mul + add).astype(np.float32)
+        if "kernel" in w:
+            w["kernel"] = (w["kernel"] * mul).astype(np.float32)
+        else:
+            w["scale"] = (w["scale"] * mul).astype(np.float32)
+    layer.scale = (layer.scale * mul.reshape((1,) * (layer.scale.ndim - 1) + (-1,))).astype(np.float32)
+
+
+def _find_call(calls, path: str):
+    return next(c for c in calls if c.path == path)
+
+
+def _measure(plan: program.LayerPlan, candidates: dict, x) -> dict[str, float]:
+    def run(integer: bool, w: dict):
+        if plan.kind == "dense":
+            fn = jax.jit(lambda w, x: layers.dense(x, w, plan.spec, integer=integer))
+        else:
+            fn = jax.jit(lambda w, x: layers.conv(x, w, plan.spec, plan.conv, integer=integer))
+        return program.timed(fn, (w, x))
+
+    if "int8" not in candidates:
+        return {"float_s": run(False, candidates["float"]), "int8_s": float("inf")}
+    int8_s, float_s = [], []
+    for _ in range(3):  # interleaved, so drift hits both alike
+        int8_s.append(run(True, candidates["int8"]))
+        float_s.append(run(False, candidates["float"]))
+    return {"int8_s": float(np.median(int8_s)), "float_s": float(np.median(float_s))}
+
+
+def _without(variables: Mapping[str, Any], plans: Mapping[str, program.LayerPlan]) -> dict:
+    """Variables minus the params (and batch stats) of planned modules: the program never reads them."""
+    out = copy.copy(dict(variables))
+    for collection in list(out):
+        tree = copy.deepcopy(jax.tree.map(lambda a: a, out[collection]))
+        for path in plans:
+            *parents, leaf = path.split("/")
+            node = tree
+            for key in parents:
+                node = node.get(key, {}) if isinstance(node, dict) else {}
+            if isinstance(node, dict):
+                node.pop(leaf, None)
+        out[collection] = tree
+    return out
+
+
+def _storage(args: dict, planned: Mapping[str, _Layer]) -> tuple[list, dict]:
+    """Compressed storage of every program argument; per-leaf bytes for the report."""
+    stored, leaves = [], {}
+    for name, value in _flatten(args).items():
+        parts = name.split("/")
+        layer = planned.get("/".join(parts[1:-1])) if parts[0] == "layers" else None
+        if layer is not None and parts[-1] in ("codes", "codes_t"):
+            meta, blob = artifact.encode_codes(value, layer.iw.bits, signed=True)
+            entries = [(name, meta, blob)]
+            leaves[name] = {"storage": f"int{layer.iw.bits} {meta['encoding']}", "bytes": len(blob)}
+        elif layer is not None and parts[-1] == "kernel":
+            entries = _derived_kernel(name, value, layer)
+            leaves[name] = {
+                "storage": f"int{layer.iw.bits} codes + float32 scales (float32 kernel rebuilt at load)",
+                "bytes": sum(len(b) for _, _, b in entries),
+            }
+        else:
+            meta, blob = artifact.encode_raw(value)
+            entries = [(name, meta, blob)]
+            leaves[name] = {"storage": str(value.dtype), "bytes": len(blob)}
+        stored.extend(entries)
+    return stored, leaves
+
+
+def _derived_kernel(name: str, kernel: np.ndarray, layer: _Layer) -> list:
+    """A float-path kernel stored as its integer codes and scales, rebuilt by the loader."""
+    iw = layer.iw
+    if iw.codebook is not None:  # no affine form: store the float kernel itself
+        meta, blob = artifact.encode_raw(kernel)
+        return [(name, meta, blob)]
+    signed = iw.zero_point is None or bool(np.min(layer.codes) < 0)
+    cmeta, cblob = artifact.encode_codes(layer.codes, iw.bits, signed=signed)
+    smeta, sblob = artifact.encode_raw(layer.scale)
+    entries = [
+        (f"{name}.codes", {**cmeta, "internal": True}, cblob),
+        (f"{name}.scale", {**smeta, "internal": True}, sblob),
+    ]
+    meta = {"encoding": "affine", "dtype": "float32", "shape": list(kernel.shape)}
+    meta.update(codes=f"{name}.codes", scale=f"{name}.scale")
+    if layer.zero_point is not None:
+        zmeta, zblob = artifact.encode_raw(layer.zero_point)
+        entries.append((f"{name}.zero_point", {**zmeta, "internal": True}, zblob))
+        meta["zero_point"] = f"{name}.zero_point"
+    if iw.group_size is not None:
+        meta.update(group_axis=iw.group_axis, group_size=iw.group_size)
+    entries.append((name, meta, b""))
+    return entries
+
+
+def _remove_channels(model, float_vars, example, apply_kwargs, plans, candidates, calls) -> structured.Removal:
+    """Plans, applies and verifies physical channel removal; undoes it if verification fails."""
+    float_weights = {p: c.candidates["float"] for p, c in candidates.items()}
+    counts: dict[str, int] = {}
+    for call in calls:
+        counts[call.path] = counts.get(call.path, 0) + 1
+    removal = structured.plan_removal(model, float_vars, example, apply_kwargs, plans, float_weights, counts)
+    touched = set(removal.keep_out) | set(removal.keep_in)
+    if not touched:
+        return removal
+    # Structure is verified exactly: float path, no input quantization on either side.
+    float_plans = {p: pl._replace(integer=False, spec=None) for p, pl in plans.items()}
+    full_args = {"layers": float_weights, "variables": float_vars}
+    saved = {
+        p: (dict(candidates[p].candidates), candidates[p].codes, candidates[p].scale, candidates[p].zero_point)
+        for p in touched
+    }
+    for p in touched:
+        candidates[p].reduce(removal.keep_out.get(p), removal.keep_in.get(p), removal.constants.get(p))
+    reduced_args = {"layers": {p: c.candidates["float"] for p, c in candidates.items()}, "variables": float_vars}
+    program_fn = program.Program(model, float_plans, apply_kwargs)
+    why = structured.verify(
+        lambda x: program_fn(reduced_args, x), lambda x: program_fn(full_args, x), example, rtol=1e-4
+    )
+    if why is None:
+        for p, consts in removal.constants.items():  # keep each dynamic input scale on the unreduced grid
+            if plans[p].spec is not None and plans[p].spec.dynamic:
+                plans[p] = plans[p]._replace(spec=plans[p].spec._replace(amax_floor=consts.floor))
+        return removal
+    for p, (cands, codes, scale, zp) in saved.items():
+        layer = candidates[p]
+        layer.candidates, layer.codes, layer.scale, layer.zero_point = cands, codes, scale, zp
+    return structured.Removal({}, {}, {}, [*removal.notes, f"no channels removed: {why}"])
+
+
+def _flatten(tree: Any) -> dict[str, Any]:
+    """``{path: leaf}`` in JAX's leaf order: the order the program takes its arguments."""
+    return paths_lib.flatten(tree)[0]
+
+
+def _canonical(a: Any) -> np.ndarray:
+    """A numpy array in the dtype JAX will give it (int64 -> int32 without x64)."""
+    a = np.asarray(a)
+    return a.astype(jax.dtypes.canonicalize_dtype(a.dtype), copy=False)
+
+
+def _describe(cstate: Any) -> str:
+    states = cstate if isinstance(cstate, tuple) else (cstate,)
+    return " -> ".join(type(s).__name__ for s in states)

@@ -1,0 +1,294 @@
+"""Integer layers of the exported program: int8 x int8 -> int32, then rescale.
+
+A quantized Dense or Conv layer runs as
+
+1. quantize its input ``x`` to int8 codes ``qx`` with scale ``sx`` and zero
+   point ``zx`` (static, from calibration, or dynamic, from ``max|x|``);
+2. ``acc = lax.dot_general`` / ``lax.conv_general_dilated`` of ``qx`` and the
+   int8 weight codes ``qw`` with ``preferred_element_type=int32``;
+3. zero points corrected *in the int32 accumulator*:
+   ``sum (qx - zx)(qw - zw) = sum qx qw - zw sum qx - zx sum qw + K zx zw``,
+   where ``sum qw`` is a per-output-channel constant computed at export time;
+4. ``y = acc * (sx * sw) + bias`` in float32 (BatchNorm, when it follows, folded
+   into ``sw`` and ``bias``).
+
+Conv padding with an asymmetric input pads with the *code* of 0.0 (``zx``),
+explicitly, so the correction term is the same at every output position.
+Every layer also has a float implementation (dequantized weights, input
+fake-quantized the same way) for layers where float is faster.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+__all__ = ["ConvConfig", "InputSpec", "conv", "dense", "quantize_input"]
+
+
+class InputSpec(NamedTuple):
+    """How a layer's input is quantized: ``q = clip(round(x / scale) + zero_point, qmin, qmax)``."""
+
+    bits: int = 8
+    signed: bool = True
+    dynamic: bool = True  # scale from max|x| of each call (symmetric); else the static scale below
+    scale: Any = None  # float32 scalar, static only
+    zero_point: Any = None  # int32 scalar, static asymmetric only
+    amax_floor: float = 0.0  # dynamic only: max|x| of inputs removed from this layer (structured export)
+
+
+def _qrange(bits: int, signed: bool) -> tuple[int, int]:
+    return (-(2 ** (bits - 1)) + 1, 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
+
+
+def input_scale(x: jax.Array, spec: InputSpec) -> tuple[jax.Array, jax.Array | None]:
+    """The float32 scale and int32 zero point (or None) ``x`` is quantized with."""
+    if spec.dynamic:
+        qmax = _qrange(spec.bits, spec.signed)[1]
+        amax = jnp.maximum(jnp.max(jnp.abs(x.astype(jnp.float32))), jnp.float32(spec.amax_floor))
+        return jnp.where(amax > 0, amax / qmax, 1.0).astype(jnp.float32), None
+    zp = None if spec.zero_point is None else jnp.asarray(spec.zero_point, jnp.int32)
+    return jnp.asarray(spec.scale, jnp.float32), zp
+
+
+def quantize_with(x: jax.Array, spec: InputSpec, scale: jax.Array, zp: jax.Array | None):
+    """int8 codes of ``x`` at a given scale / zero point, and the (int8-shifted) zero point.
+
+    Unsigned 8-bit codes ``[0, 255]`` are shifted by -128 into int8 (the zero
+    point shifts with them), so every matmul runs int8 x int8.
+    """
+    qmin, qmax = _qrange(spec.bits, spec.signed)
+    if spec.dynamic:
+        qmin = -qmax
+    q = jnp.round(x.astype(jnp.float32) / scale)
+    if zp is not None:
+        q = q + zp.astype(jnp.float32)
+    q = jnp.clip(q, qmin, qmax)
+    if not spec.signed and spec.bits == 8:
+        q = q - 128.0
+        zp = (zp if zp is not None else jnp.int32(0)) - 128
+    return q.astype(jnp.int8), zp
+
+
+def quantize_input(x: jax.Array, spec: InputSpec) -> tuple[jax.Array, jax.Array, jax.Array | None]:
+    """int8 codes, float32 scale (scalar) and int32 zero point (or None) of ``x``."""
+    scale, zp = input_scale(x, spec)
+    q, zp = quantize_with(x, spec, scale, zp)
+    return q, scale, zp
+
+
+def _dequantize(q: jax.Array, scale: jax.Array, zp: jax.Array | None) -> jax.Array:
+    q = q.astype(jnp.int32)
+    if zp is not None:
+        q = q - zp
+    return q.astype(jnp.float32) * scale
+
+
+def fake_quantize_input(x: jax.Array, spec: InputSpec | None) -> jax.Array:
+    """``(q - zp) * scale`` in float32: what the float path sees."""
+    if spec is None:
+        return x.astype(jnp.float32)
+    q, scale, zp = quantize_input(x, spec)
+    return _dequantize(q, scale, zp)
+
+
+def _constants_float(x: jax.Array, w: dict, spec: InputSpec | None) -> jax.Array | None:
+    """Float contribution of inputs removed from this layer (constant values, see structured export)."""
+    if "const_values" not in w:
+        return None
+    c = w["const_values"]
+    if spec is not None:
+        scale, zp = input_scale(x, spec)
+        q, zp8 = quantize_with(c, spec, scale, zp)
+        c = _dequantize(q, scale, zp8)
+    return c @ w["const_kernelsum"]
+
+
+def _constants_int(x: jax.Array, w: dict, spec: InputSpec, scale, zp) -> jax.Array | None:
+    """Exact int32 contribution of removed constant inputs: ``(q(c) - zx) @ sum_f (qw_f - zw)``."""
+    if "const_values" not in w:
+        return None
+    q, zp8 = quantize_with(w["const_values"], spec, scale, zp)
+    q = q.astype(jnp.int32)
+    if zp8 is not None:
+        q = q - zp8
+    return q @ w["const_codesum"]
+
+
+def _epilogue(acc: jax.Array, sx: jax.Array, w_scale: jax.Array, bias: jax.Array | None) -> jax.Array:
+    y = acc.astype(jnp.float32) * (sx * w_scale)
+    return y if bias is None else y + bias
+
+
+def dense(
+    x: jax.Array,
+    w: dict[str, jax.Array],
+    spec: InputSpec | None,
+    *,
+    integer: bool,
+) -> jax.Array:
+    """A Dense layer over the last axis of ``x``.
+
+    ``w`` holds, for the integer path: ``codes_t`` (N, K) int8 (transposed:
+    both operands contract their last axis, XLA's fastest int8 layout),
+    ``scale`` (N,) float32, optional ``zero_point`` (N,) int32, ``colsum`` (N,)
+    int32 (``sum_k codes``), optional ``bias`` (N,). For the float path:
+    ``kernel`` (K, N) float32 and optional ``bias``.
+    """
+    bias = w.get("bias")
+    if not integer:
+        xf = fake_quantize_input(x, spec)
+        y = lax.dot_general(xf, w["kernel"], (((x.ndim - 1,), (0,)), ((), ())))
+        const = _constants_float(x, w, spec)
+        y = y if const is None else y + const
+        return y if bias is None else y + bias
+    spec = spec or InputSpec()
+    sx, zx0 = input_scale(x, spec)
+    qx, zx = quantize_with(x, spec, sx, zx0)
+    dims = (((x.ndim - 1,), (1,)), ((), ()))
+    acc = lax.dot_general(qx, w["codes_t"], dims, preferred_element_type=jnp.int32)
+    acc = _correct(acc, qx, zx, w, k=x.shape[-1], reduce_axes=(x.ndim - 1,))
+    const = _constants_int(x, w, spec, sx, zx0)
+    acc = acc if const is None else acc + const
+    return _epilogue(acc, sx, w["scale"], bias)
+
+
+def _correct(acc, qx, zx, w, *, k: int, reduce_axes: tuple[int, ...]):
+    """Zero-point corrections in int32 (see module docstring)."""
+    zw = w.get("zero_point")
+    if zx is not None:
+        acc = acc - zx * w["colsum"]
+    if zw is not None:
+        rowsum = jnp.sum(qx.astype(jnp.int32), axis=reduce_axes, keepdims=True)
+        acc = acc - zw * rowsum
+        if zx is not None:
+            acc = acc + k * zx * zw
+    return acc
+
+
+class ConvConfig(NamedTuple):
+    """The static geometry of a Flax ``nn.Conv`` call."""
+
+    kernel_size: tuple[int, ...]
+    strides: tuple[int, ...]
+    padding: Any  # 'SAME' / 'VALID' / sequence of (lo, hi) pairs, after canonicalization
+    input_dilation: tuple[int, ...]
+    kernel_dilation: tuple[int, ...]
+    feature_group_count: int
+
+
+def conv_config(module: Any) -> ConvConfig | None:
+    """The geometry of a linen ``nn.Conv``; None when unsupported (unshared weights, masks)."""
+    from flax.linen import linear
+
+    if not getattr(module, "shared_weights", True) or getattr(module, "mask", None) is not None:
+        return None
+    ks = (module.kernel_size,) if isinstance(module.kernel_size, int) else tuple(module.kernel_size)
+
+    def bcast(v: int | Sequence[int] | None) -> tuple[int, ...]:
+        v = 1 if v is None else v
+        return (v,) * len(ks) if isinstance(v, int) else tuple(v)
+
+    padding = linear.canonicalize_padding(module.padding, len(ks))
+    kd = bcast(module.kernel_dilation)
+    if padding in ("CIRCULAR", "REFLECT", "CAUSAL"):
+        return None
+    return ConvConfig(ks, bcast(module.strides), padding, bcast(module.input_dilation), kd, module.feature_group_count)
+
+
+def _explicit_padding(x_shape, cfg: ConvConfig) -> list[tuple[int, int]]:
+    if not isinstance(cfg.padding, str):
+        return [tuple(p) for p in cfg.padding]
+    spatial = x_shape[1:-1]
+    dilated_in = [(n - 1) * d + 1 for n, d in zip(spatial, cfg.input_dilation, strict=True)]
+    dilated_k = [(k - 1) * d + 1 for k, d in zip(cfg.kernel_size, cfg.kernel_dilation, strict=True)]
+    return lax.padtype_to_pads(dilated_in, dilated_k, cfg.strides, cfg.padding)
+
+
+def conv(x: jax.Array, w: dict[str, jax.Array], spec: InputSpec | None, cfg: ConvConfig, *, integer: bool):
+    """A channels-last convolution (any number of leading batch dims, as Flax).
+
+    ``w`` for the integer path: ``codes`` (*kernel, I, O) int8, ``scale`` (O,),
+    optional ``zero_point`` (O,) int32, ``colsum`` (O,) int32 (sum of codes
+    over the window and input channels), optional ``bias`` (O,). Float path:
+    ``kernel`` (*kernel, I, O) float32 and optional ``bias``.
+    """
+    n_spatial = len(cfg.kernel_size)
+    batch_shape = x.shape[: x.ndim - n_spatial - 1]
+    x = jnp.reshape(x, (-1, *x.shape[len(batch_shape) :])) if len(batch_shape) != 1 else x
+    ndim = x.ndim
+    lhs = (0, ndim - 1, *range(1, ndim - 1))
+    rhs = (ndim - 1, ndim - 2, *range(0, ndim - 2))
+    dn = lax.ConvDimensionNumbers(lhs, rhs, lhs)
+    pads = _explicit_padding(x.shape, cfg)
+
+    def run(lhs_arr, rhs_arr, padding, **kw):
+        return lax.conv_general_dilated(
+            lhs_arr,
+            rhs_arr,
+            cfg.strides,
+            padding,
+            lhs_dilation=cfg.input_dilation,
+            rhs_dilation=cfg.kernel_dilation,
+            dimension_numbers=dn,
+            feature_group_count=cfg.feature_group_count,
+            **kw,
+        )
+
+    bias = w.get("bias")
+    if not integer:
+        y = run(fake_quantize_input(x, spec), w["kernel"], pads)
+        const = _constants_float(x, w, spec)
+        y = y if const is None else y + const
+        y = y if bias is None else y + bias
+    else:
+        spec = spec or InputSpec()
+        sx, zx0 = input_scale(x, spec)
+        qx, zx = quantize_with(x, spec, sx, zx0)
+        if zx is not None and any(p != (0, 0) for p in pads):
+            qx = jnp.pad(qx, [(0, 0), *pads, (0, 0)], constant_values=zx.astype(jnp.int8))
+            pads = [(0, 0)] * n_spatial
+        acc = run(qx, w["codes"], pads, preferred_element_type=jnp.int32)
+        if w.get("zero_point") is not None:
+            raise NotImplementedError("asymmetric conv weights are exported on the float path")
+        if zx is not None:
+            acc = acc - zx * w["colsum"]
+        const = _constants_int(x, w, spec, sx, zx0)
+        acc = acc if const is None else acc + const
+        y = _epilogue(acc, sx, w["scale"], bias)
+    if len(batch_shape) != 1:
+        y = jnp.reshape(y, (*batch_shape, *y.shape[1:]))
+    return y
+
+
+def dense_weights(codes: np.ndarray, scale: np.ndarray, zero_point: np.ndarray | None, bias) -> dict:
+    """Integer-path arrays of a Dense layer from (K, N) codes and per-channel scale."""
+    codes = np.asarray(codes, np.int8)
+    out = {
+        "codes_t": np.ascontiguousarray(codes.T),
+        "scale": np.asarray(scale, np.float32).reshape(-1),
+        "colsum": codes.astype(np.int32).sum(axis=0, dtype=np.int32),
+    }
+    if zero_point is not None:
+        out["zero_point"] = np.asarray(zero_point, np.int32).reshape(-1)
+    if bias is not None:
+        out["bias"] = np.asarray(bias, np.float32)
+    return out
+
+
+def conv_weights(codes: np.ndarray, scale: np.ndarray, bias) -> dict:
+    """Integer-path arrays of a Conv layer from (*kernel, I, O) codes and per-channel scale."""
+    codes = np.asarray(codes, np.int8)
+    out = {
+        "codes": codes,
+        "scale": np.asarray(scale, np.float32).reshape(-1),
+        "colsum": codes.astype(np.int32).reshape(-1, codes.shape[-1]).sum(axis=0, dtype=np.int32),
+    }
+    if bias is not None:
+        out["bias"] = np.asarray(bias, np.float32)
+    return out
