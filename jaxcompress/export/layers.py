@@ -120,9 +120,17 @@ def _constants_int(x: jax.Array, w: dict, spec: InputSpec, scale, zp) -> jax.Arr
     return q @ w["const_codesum"]
 
 
+def _per_channel(v: jax.Array, ndim: int) -> jax.Array:
+    """A per-output-channel vector shaped to broadcast against a rank-``ndim`` channels-last array."""
+    return jnp.reshape(v, (1,) * (ndim - 1) + (-1,))
+
+
+def _add(y: jax.Array, v: jax.Array | None) -> jax.Array:
+    return y if v is None else y + _per_channel(v, y.ndim)
+
+
 def _epilogue(acc: jax.Array, sx: jax.Array, w_scale: jax.Array, bias: jax.Array | None) -> jax.Array:
-    y = acc.astype(jnp.float32) * (sx * w_scale)
-    return y if bias is None else y + bias
+    return _add(acc.astype(jnp.float32) * _per_channel(sx * w_scale, acc.ndim), bias)
 
 
 def dense(
@@ -144,30 +152,26 @@ def dense(
     if not integer:
         xf = fake_quantize_input(x, spec)
         y = lax.dot_general(xf, w["kernel"], (((x.ndim - 1,), (0,)), ((), ())))
-        const = _constants_float(x, w, spec)
-        y = y if const is None else y + const
-        return y if bias is None else y + bias
+        return _add(_add(y, _constants_float(x, w, spec)), bias)
     spec = spec or InputSpec()
     sx, zx0 = input_scale(x, spec)
     qx, zx = quantize_with(x, spec, sx, zx0)
     dims = (((x.ndim - 1,), (1,)), ((), ()))
     acc = lax.dot_general(qx, w["codes_t"], dims, preferred_element_type=jnp.int32)
     acc = _correct(acc, qx, zx, w, k=x.shape[-1], reduce_axes=(x.ndim - 1,))
-    const = _constants_int(x, w, spec, sx, zx0)
-    acc = acc if const is None else acc + const
-    return _epilogue(acc, sx, w["scale"], bias)
+    return _epilogue(_add(acc, _constants_int(x, w, spec, sx, zx0)), sx, w["scale"], bias)
 
 
 def _correct(acc, qx, zx, w, *, k: int, reduce_axes: tuple[int, ...]):
     """Zero-point corrections in int32 (see module docstring)."""
     zw = w.get("zero_point")
     if zx is not None:
-        acc = acc - zx * w["colsum"]
+        acc = acc - _per_channel(zx * w["colsum"], acc.ndim)
     if zw is not None:
         rowsum = jnp.sum(qx.astype(jnp.int32), axis=reduce_axes, keepdims=True)
-        acc = acc - zw * rowsum
+        acc = acc - rowsum * _per_channel(zw, acc.ndim)
         if zx is not None:
-            acc = acc + k * zx * zw
+            acc = acc + _per_channel(k * zx * zw, acc.ndim)
     return acc
 
 
@@ -243,9 +247,7 @@ def conv(x: jax.Array, w: dict[str, jax.Array], spec: InputSpec | None, cfg: Con
     bias = w.get("bias")
     if not integer:
         y = run(fake_quantize_input(x, spec), w["kernel"], pads)
-        const = _constants_float(x, w, spec)
-        y = y if const is None else y + const
-        y = y if bias is None else y + bias
+        y = _add(_add(y, _constants_float(x, w, spec)), bias)
     else:
         spec = spec or InputSpec()
         sx, zx0 = input_scale(x, spec)
@@ -257,10 +259,8 @@ def conv(x: jax.Array, w: dict[str, jax.Array], spec: InputSpec | None, cfg: Con
         if w.get("zero_point") is not None:
             raise NotImplementedError("asymmetric conv weights are exported on the float path")
         if zx is not None:
-            acc = acc - zx * w["colsum"]
-        const = _constants_int(x, w, spec, sx, zx0)
-        acc = acc if const is None else acc + const
-        y = _epilogue(acc, sx, w["scale"], bias)
+            acc = acc - _per_channel(zx * w["colsum"], acc.ndim)
+        y = _epilogue(_add(acc, _constants_int(x, w, spec, sx, zx0)), sx, w["scale"], bias)
     if len(batch_shape) != 1:
         y = jnp.reshape(y, (*batch_shape, *y.shape[1:]))
     return y

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
+import flax
 import flax.linen as nn
 import jax
 import numpy as np
@@ -88,7 +89,14 @@ def probe_calls(model: nn.Module, variables: Any, x: Any, apply_kwargs: dict[str
         return out
 
     with nn.intercept_methods(interceptor):
-        model.apply(variables, x, **apply_kwargs)
+        try:
+            model.apply(variables, x, **apply_kwargs)
+        except flax.errors.ModifyScopeVariableError as e:
+            raise ValueError(
+                "The model updates its variables when applied (a BatchNorm in training mode?); export "
+                "needs inference mode: pass `apply_kwargs` such as {'train': False}. "
+                f"Flax said: {str(e).splitlines()[0]}"
+            ) from None
     return calls
 
 

@@ -42,3 +42,39 @@ class LeNet5(nn.Module):
         x = jnp.reshape(x, (x.shape[0], -1))
         x = nn.relu(nn.Dense(500)(x))
         return nn.Dense(self.num_classes)(x)
+
+
+class ResidualBlock(nn.Module):
+    """Two 3x3 conv -> BatchNorm stages with an identity shortcut (He et al. 2016)."""
+
+    channels: int
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        y = nn.Conv(self.channels, (3, 3), use_bias=False)(x)
+        y = nn.relu(nn.BatchNorm(use_running_average=not train)(y))
+        y = nn.Conv(self.channels, (3, 3), use_bias=False)(y)
+        y = nn.BatchNorm(use_running_average=not train)(y)
+        return nn.relu(x + y)
+
+
+class ResNet(nn.Module):
+    """A small ResNet: conv-BN stem, ``blocks`` residual blocks, global average pool, Dense.
+
+    References:
+      He, Zhang, Ren & Sun, "Deep Residual Learning for Image Recognition",
+      2016. https://arxiv.org/abs/1512.03385
+    """
+
+    channels: int = 16
+    blocks: int = 2
+    num_classes: int = 10
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        x = nn.Conv(self.channels, (3, 3), use_bias=False)(x)
+        x = nn.relu(nn.BatchNorm(use_running_average=not train)(x))
+        for _ in range(self.blocks):
+            x = ResidualBlock(self.channels)(x, train)
+        x = jnp.mean(x, axis=(-3, -2))
+        return nn.Dense(self.num_classes)(x)

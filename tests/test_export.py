@@ -1,0 +1,198 @@
+"""Export: the integer program against independent references."""
+
+import re
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import jaxcompress as jc
+from jaxcompress.export import layers
+from jaxcompress.models import ResNet
+
+
+class SmallCNN(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        x = nn.relu(nn.Conv(8, (3, 3), padding="SAME")(x))
+        x = nn.relu(nn.Conv(16, (3, 3), padding="VALID")(x))
+        x = jnp.reshape(x, (x.shape[0], -1))
+        x = nn.relu(nn.Dense(32)(x))
+        return nn.Dense(10)(x)
+
+
+def fake_quant_reference(model, variables, x, **kwargs):
+    """The fake-quantized model: every Dense/Conv input on a dynamic symmetric int8 grid.
+
+    Written independently of jaxcompress.export.layers.
+    """
+
+    def interceptor(next_fun, args, kw, context):
+        if context.method_name == "__call__" and isinstance(context.module, (nn.Dense, nn.Conv)):
+            a = args[0]
+            s = jnp.max(jnp.abs(a)) / 127.0
+            args = (jnp.clip(jnp.round(a / s), -127, 127) * s, *args[1:])
+        return next_fun(*args, **kw)
+
+    with nn.intercept_methods(interceptor):
+        return model.apply(variables, x, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def trained():
+    """SmallCNN fine-tuned on digits with 60% magnitude pruning + int8 weights."""
+    ds = jc.data.digits()
+    model = SmallCNN()
+    params = model.init(jax.random.key(0), ds.x_train[:1])["params"]
+    recipe = jc.chain(jc.prune.magnitude(jc.schedules.polynomial(0.0, 0.6, begin=0, end=100)), jc.quant.int8())
+    tx = jc.optim.with_compression(optax.adam(3e-3), recipe)
+    apply_fn = lambda p, x: model.apply({"params": p}, x)  # noqa: E731
+    stream = jc.data.batches(ds.x_train, ds.y_train, 64)
+    params, opt_state, _ = jc.train.fit(apply_fn, params, tx, stream, 150, recipe=recipe)
+    return model, {"params": params}, recipe, jc.optim.compression_state(opt_state), ds
+
+
+@pytest.fixture(scope="module")
+def exported_int8(trained):
+    model, variables, recipe, cstate, ds = trained
+    return jc.export.int8(model, variables, recipe, cstate, ds.x_test[:64], dispatch="int8")
+
+
+def test_exported_agrees_with_the_fake_quantized_model(trained, exported_int8):
+    model, variables, recipe, cstate, ds = trained
+    compressed = {"params": recipe.apply(variables["params"], cstate)}
+    x = ds.x_test
+    ref = fake_quant_reference(model, compressed, x)
+    got = exported_int8(x)
+    agreement = float(jnp.mean(jnp.argmax(got, -1) == jnp.argmax(ref, -1)))
+    assert agreement >= 0.999
+    np.testing.assert_allclose(got, ref, atol=1e-4 * float(jnp.max(jnp.abs(ref))))
+    assert float(jnp.mean(jnp.argmax(got, -1) == ds.y_test)) > 0.85
+
+
+def test_int8_layers_are_i8_x_i8_to_i32_ops_in_stablehlo(exported_int8):
+    text = exported_int8.stablehlo()
+    int_ops = re.findall(
+        r"stablehlo\.(dot_general|convolution)[^\n]*\(tensor<([^>]*)>, tensor<([^>]*)>\) -> tensor<([^>]*)>", text
+    )
+    i8_ops = [
+        (lhs, rhs)
+        for _, lhs, rhs, out in int_ops
+        if lhs.endswith("xi8") and rhs.endswith("xi8") and out.endswith("xi32")
+    ]
+    chosen = [p for p, info in exported_int8.report["layers"].items() if info["compute"] == "int8"]
+    assert len(chosen) == 4
+    weights = exported_int8.weights["layers"]
+    for path in chosen:
+        codes = weights[path].get("codes_t", weights[path].get("codes"))
+        rhs_type = "x".join(str(d) for d in codes.shape) + "xi8"
+        assert any(rhs == rhs_type for _, rhs in i8_ops), (path, rhs_type)
+    assert len(i8_ops) == len(chosen)
+
+
+def test_weights_are_arguments_not_constants(exported_int8):
+    text = exported_int8.stablehlo()
+    n_weight_args = len(jax.tree.leaves(exported_int8.weights))
+    assert len(exported_int8.exported.in_avals) == n_weight_args + 1
+    big_constants = [c for c in re.findall(r"stablehlo\.constant dense<[^>]*> : tensor<([^>]*)>", text) if "x" in c]
+    assert not any(int(np.prod([int(d) for d in c.split("x")[:-1]])) >= 64 for c in big_constants)
+
+
+def test_symbolic_batch(exported_int8, trained):
+    ds = trained[-1]
+    assert str(exported_int8.exported.in_avals[-1].shape[0]) == "b"
+    full = exported_int8(ds.x_test[:10])
+    for n in (1, 3, 7):
+        assert exported_int8(ds.x_test[:n]).shape == (n, 10)
+    np.testing.assert_array_equal(exported_int8(ds.x_test[:10]), full)
+
+
+def test_float_dispatch_is_exact_fake_quant(trained):
+    model, variables, recipe, cstate, ds = trained
+    ex = jc.export.int8(model, variables, recipe, cstate, ds.x_test[:32], dispatch="float")
+    ref = fake_quant_reference(model, {"params": recipe.apply(variables["params"], cstate)}, ds.x_test[:32])
+    np.testing.assert_allclose(ex(ds.x_test[:32]), ref, rtol=1e-5, atol=1e-5)
+    assert {v["compute"] for v in ex.report["layers"].values()} == {"float32"}
+
+
+def test_measured_dispatch_is_reported(trained):
+    model, variables, recipe, cstate, ds = trained
+    choice = {"Conv_0": "float", "Conv_1": "measure", "Dense_0": "int8", "Dense_1": "measure"}
+    ex = jc.export.int8(model, variables, recipe, cstate, ds.x_test[:32], dispatch=choice)
+    layers_report = ex.report["layers"]
+    assert layers_report["Conv_0"]["compute"] == "float32" and layers_report["Dense_0"]["compute"] == "int8"
+    for path in ("Conv_1", "Dense_1"):
+        info = layers_report[path]
+        assert info["int8_s"] > 0 and info["float_s"] > 0
+        assert info["compute"] == ("int8" if info["int8_s"] <= info["float_s"] else "float32")
+
+
+@pytest.mark.parametrize("signed", [False, True])
+def test_static_asymmetric_inputs_fold_zero_points_in_int32(signed):
+    """Dense and padded Conv with a static asymmetric input grid vs a numpy reference."""
+    rng = np.random.default_rng(0)
+    spec = layers.InputSpec(bits=8, signed=signed, dynamic=False, scale=np.float32(0.05), zero_point=np.int32(17))
+    qmin, qmax = (-127, 127) if signed else (0, 255)
+    x = rng.uniform(-1, 3, (4, 6, 6, 3)).astype(np.float32)
+    codes = rng.integers(-127, 128, (3, 3, 3, 5)).astype(np.int8)
+    scale = rng.uniform(0.01, 0.02, 5).astype(np.float32)
+    bias = rng.normal(size=5).astype(np.float32)
+    xq = np.clip(np.round(x / 0.05) + 17, qmin, qmax)
+    x_deq = (xq - 17) * 0.05  # what the quantized input stands for; padding is real 0.0
+    w = codes.astype(np.float64) * scale
+    cfg = layers.ConvConfig((3, 3), (1, 1), "SAME", (1, 1), (1, 1), 1)
+    ref = jax.lax.conv_general_dilated(
+        jnp.asarray(x_deq, jnp.float32),
+        jnp.asarray(w, jnp.float32),
+        (1, 1),
+        "SAME",
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+    ) + bias.reshape(1, 1, 1, -1)
+    got = layers.conv(jnp.asarray(x), layers.conv_weights(codes, scale, bias), spec, cfg, integer=True)
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-4)
+    xd = x.reshape(4, -1)[:, :20]
+    codes_d = rng.integers(-127, 128, (20, 7)).astype(np.int8)
+    zp_w = rng.integers(-3, 4, 7).astype(np.int32)
+    got_d = layers.dense(
+        jnp.asarray(xd), layers.dense_weights(codes_d, scale[:1].repeat(7), zp_w, None), spec, integer=True
+    )
+    xdq = (np.clip(np.round(xd / 0.05) + 17, qmin, qmax) - 17) * 0.05
+    ref_d = xdq @ ((codes_d.astype(np.float64) - zp_w) * scale[0])
+    np.testing.assert_allclose(got_d, ref_d, rtol=1e-5, atol=1e-4)
+
+
+def test_batchnorm_is_folded_into_its_producer():
+    model = ResNet(channels=8, blocks=1)
+    x = jax.random.normal(jax.random.key(0), (16, 8, 8, 1))
+    variables = model.init(jax.random.key(1), x)
+    stats = jax.tree.map(lambda a: a + jax.random.uniform(jax.random.key(2), a.shape), variables["batch_stats"])
+    variables = {**variables, "batch_stats": stats}
+    recipe = jc.quant.int8()
+    cstate = recipe.init(variables["params"])
+    ex = jc.export.int8(model, variables, recipe, cstate, x, dispatch="int8")
+    compressed = {**variables, "params": recipe.apply(variables["params"], cstate)}
+    ref = fake_quant_reference(model, compressed, x)
+    np.testing.assert_allclose(ex(x), ref, rtol=1e-4, atol=1e-4 * float(jnp.max(jnp.abs(ref))))
+    folded = [p for p, info in ex.report["layers"].items() if info["kind"] == "identity"]
+    assert sorted(folded) == ["BatchNorm_0", "ResidualBlock_0/BatchNorm_0", "ResidualBlock_0/BatchNorm_1"]
+    assert "batch_stats" not in jax.tree.leaves(ex.weights["variables"], is_leaf=lambda n: isinstance(n, dict))
+
+
+def test_bad_arguments(trained):
+    model, variables, recipe, cstate, ds = trained
+    x = ds.x_test[:4]
+    with pytest.raises(TypeError, match="quantizes weights"):
+        jc.export.int8(model, variables, jc.prune.magnitude(0.5), cstate[0], x)
+    with pytest.raises(ValueError, match="`dispatch` values must be one of"):
+        jc.export.int8(model, variables, recipe, cstate, x, dispatch="fast")
+    with pytest.raises(ValueError, match="leading batch axis"):
+        jc.export.int8(model, variables, recipe, cstate, jnp.float32(1.0))
+    with pytest.raises(TypeError, match="'params' collection"):
+        jc.export.int8(model, variables["params"], recipe, cstate, x)
+    bn_model = ResNet(channels=4, blocks=0)
+    v = bn_model.init(jax.random.key(0), x)
+    with pytest.raises(ValueError, match="inference mode"):
+        jc.export.int8(bn_model, v, jc.quant.int8(), jc.quant.int8().init(v["params"]), x, apply_kwargs={"train": True})
