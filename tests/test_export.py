@@ -49,7 +49,7 @@ def trained():
     params = model.init(jax.random.key(0), ds.x_train[:1])["params"]
     recipe = jc.chain(jc.prune.magnitude(jc.schedules.polynomial(0.0, 0.6, begin=0, end=100)), jc.quant.int8())
     tx = jc.optim.with_compression(optax.adam(3e-3), recipe)
-    apply_fn = lambda p, x: model.apply({"params": p}, x)  # noqa: E731
+    apply_fn = lambda p, x: model.apply({"params": p}, x)
     stream = jc.data.batches(ds.x_train, ds.y_train, 64)
     params, opt_state, _ = jc.train.fit(apply_fn, params, tx, stream, 150, recipe=recipe)
     return model, {"params": params}, recipe, jc.optim.compression_state(opt_state), ds

@@ -40,7 +40,7 @@ def built():
 
 @pytest.fixture
 def saved(built, tmp_path):
-    ex, x, _ = built
+    ex = built[0]
     path = tmp_path / "model.jcx"
     size = ex.save(path)
     return path, size
