@@ -89,7 +89,7 @@ def channel_prune_mask(params, fraction, paths):
     for path in paths:
         k = out[path]["kernel"]
         norms = np.sqrt((k.reshape(-1, k.shape[-1]) ** 2).sum(0))
-        dead = np.argsort(norms, kind="stable")[: int(round(fraction * k.shape[-1]))]
+        dead = np.argsort(norms, kind="stable")[: round(fraction * k.shape[-1])]
         k[..., dead] = 0.0
     return out
 
