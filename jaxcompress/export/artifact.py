@@ -15,7 +15,9 @@ Arrays are stored in their compressed form and decoded by :func:`load`:
 * ``packed``: integer codes at ``bits`` bits each (offset to unsigned);
 * ``sparse``: a bitmap of nonzeros plus the nonzero codes, packed;
 * ``affine``: a float kernel derived at load time as ``(codes - zero_point) *
-  scale`` from other stored arrays (so float-path layers cost int bytes too).
+  scale`` from other stored arrays (so float-path layers cost int bytes too);
+* ``codebook``: a float kernel derived as ``codebook[indices] * scale``
+  (k-means and log2 leaves: indices at ``bits`` bits plus the codebook).
 
 This module needs only numpy, JAX and the standard library: a deployment loads
 an artifact without the training code. Nothing is ever unpickled.
@@ -107,6 +109,12 @@ def _decode(meta: Mapping[str, Any], blob: bytes, arrays: Mapping[str, np.ndarra
             unsigned = np.full(size, offset, np.uint8)
             unsigned[nonzero] = _unpack_bits(blob[nbm:], bits, nnz)
         return (unsigned.astype(np.int32) - offset).astype(np.dtype(meta["dtype"])).reshape(shape)
+    if encoding == "codebook":
+        indices = arrays[meta["indices"]].astype(np.int64)
+        out = arrays[meta["codebook"]][indices] * _expand(arrays[meta["scale"]], meta)
+        if out.shape != shape:
+            raise ValueError(f"derived shape {out.shape}, expected {shape}")
+        return out.astype(np.float32)
     if encoding == "affine":
         codes = arrays[meta["codes"]].astype(np.int32)
         if meta.get("zero_point"):

@@ -117,7 +117,7 @@ def int8(
         iw = integer.get(f"{call.path}/kernel")
         if iw is None:
             continue
-        plan, reason = _plan_for(call, iw, activations)
+        plan, reason = _plan_for(call, activations)
         if plan is None:
             notes.append(f"{call.path}: left to the model's own float code ({reason})")
             continue
@@ -210,17 +210,17 @@ def _check_inputs(model, variables, recipe, example, dispatch, activations) -> N
         raise ValueError(f"`activations` must be 'dynamic' or {{module_path: InputSpec}}, got {activations!r}.")
 
 
-def _plan_for(call, iw: core.IntegerWeights, activations) -> tuple[program.LayerPlan | None, str]:
+def _plan_for(call, activations) -> tuple[program.LayerPlan | None, str]:
+    """How a Dense/Conv call is run, or None (left to the model) with the reason."""
     spec = activations.get(call.path, layers.InputSpec()) if isinstance(activations, Mapping) else layers.InputSpec()
-    integer_ok = iw.codebook is None and iw.group_size is None
     if isinstance(call.module, nn.Dense):
         if call.module.dot_general is not None or call.module.dot_general_cls is not None:
             return None, "custom dot_general"
-        return program.LayerPlan("dense", integer_ok, spec), ""
+        return program.LayerPlan("dense", True, spec), ""
     cfg = layers.conv_config(call.module)
     if cfg is None:
         return None, "unsupported Conv configuration (padding mode, unshared weights or mask)"
-    return program.LayerPlan("conv", integer_ok and iw.zero_point is None, spec, cfg), ""
+    return program.LayerPlan("conv", True, spec, cfg), ""
 
 
 class _Layer:
@@ -265,12 +265,20 @@ def _layer_weights(call, iw: core.IntegerWeights, compressed) -> _Layer:
     candidates = {"float": {"kernel": np.asarray(iw.dequantize(), np.float32)}}
     if bias is not None:
         candidates["float"]["bias"] = bias
-    if iw.codebook is None and iw.group_size is None:
+    # The integer candidate exists exactly when the integer path computes these weights.
+    dense = isinstance(call.module, nn.Dense)
+    zp = None if iw.zero_point is None else np.asarray(iw.zero_point, np.int32)
+    if iw.codebook is not None:
+        pass  # no affine form: float compute only
+    elif iw.group_size is not None:
+        if dense and iw.group_axis in (0, -2):
+            candidates["int8"] = layers.grouped_dense_weights(codes, np.asarray(iw.scale, np.float32), zp, bias)
+    else:
         scale = np.broadcast_to(np.asarray(iw.scale, np.float32).reshape(-1), (n_out,)).copy()
-        zp = None if iw.zero_point is None else np.broadcast_to(np.asarray(iw.zero_point).reshape(-1), (n_out,))
-        if isinstance(call.module, nn.Dense):
+        if dense:
+            zp = None if zp is None else np.broadcast_to(zp.reshape(-1), (n_out,))
             candidates["int8"] = layers.dense_weights(codes, scale, zp, bias)
-        else:
+        elif zp is None:
             candidates["int8"] = layers.conv_weights(codes, scale, bias)
     return _Layer("dense" if isinstance(call.module, nn.Dense) else "conv", iw, candidates)
 
@@ -351,9 +359,20 @@ def _storage(args: dict, planned: Mapping[str, _Layer]) -> tuple[list, dict]:
 def _derived_kernel(name: str, kernel: np.ndarray, layer: _Layer) -> list:
     """A float-path kernel stored as its integer codes and scales, rebuilt by the loader."""
     iw = layer.iw
-    if iw.codebook is not None:  # no affine form: store the float kernel itself
-        meta, blob = artifact.encode_raw(kernel)
-        return [(name, meta, blob)]
+    if iw.codebook is not None:  # indices at `bits` bits + the codebook: kernel = codebook[indices] * scale
+        imeta, iblob = artifact.encode_codes(layer.codes, iw.bits, signed=False)
+        bmeta, bblob = artifact.encode_raw(np.asarray(iw.codebook, np.float32))
+        smeta, sblob = artifact.encode_raw(layer.scale)
+        meta = {"encoding": "codebook", "dtype": "float32", "shape": list(kernel.shape)}
+        meta.update(indices=f"{name}.indices", codebook=f"{name}.codebook", scale=f"{name}.scale")
+        if iw.group_size is not None:
+            meta.update(group_axis=iw.group_axis, group_size=iw.group_size)
+        return [
+            (f"{name}.indices", {**imeta, "internal": True}, iblob),
+            (f"{name}.codebook", {**bmeta, "internal": True}, bblob),
+            (f"{name}.scale", {**smeta, "internal": True}, sblob),
+            (name, meta, b""),
+        ]
     signed = iw.zero_point is None or bool(np.min(layer.codes) < 0)
     cmeta, cblob = artifact.encode_codes(layer.codes, iw.bits, signed=signed)
     smeta, sblob = artifact.encode_raw(layer.scale)
@@ -379,7 +398,8 @@ def _remove_channels(model, float_vars, example, apply_kwargs, plans, candidates
     counts: dict[str, int] = {}
     for call in calls:
         counts[call.path] = counts.get(call.path, 0) + 1
-    removal = structured.plan_removal(model, float_vars, example, apply_kwargs, plans, float_weights, counts)
+    fixed = frozenset(p for p, c in candidates.items() if c.iw.group_size is not None)
+    removal = structured.plan_removal(model, float_vars, example, apply_kwargs, plans, float_weights, counts, fixed)
     touched = set(removal.keep_out) | set(removal.keep_in)
     if not touched:
         return removal

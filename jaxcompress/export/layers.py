@@ -156,10 +156,37 @@ def dense(
     spec = spec or InputSpec()
     sx, zx0 = input_scale(x, spec)
     qx, zx = quantize_with(x, spec, sx, zx0)
+    if "group_scale" in w:
+        return _add(_grouped_dense(qx, zx, sx, w), bias)
     dims = (((x.ndim - 1,), (1,)), ((), ()))
     acc = lax.dot_general(qx, w["codes_t"], dims, preferred_element_type=jnp.int32)
     acc = _correct(acc, qx, zx, w, k=x.shape[-1], reduce_axes=(x.ndim - 1,))
     return _epilogue(_add(acc, _constants_int(x, w, spec, sx, zx0)), sx, w["scale"], bias)
+
+
+def _grouped_dense(qx: jax.Array, zx, sx, w: dict) -> jax.Array:
+    """Per-group scales along the reduction axis: one int32 accumulator per group, rescaled and summed.
+
+    ``w["group_scale"]`` is (G, N); ``w["codes_t"]`` is (N, K) with K = G * group_size;
+    optional ``w["group_zero_point"]`` (G, N) int32.
+    """
+    n_groups, n_out = w["group_scale"].shape
+    lead, k = qx.shape[:-1], qx.shape[-1]
+    size = k // n_groups
+    xg = jnp.reshape(qx, (-1, n_groups, size))
+    wg = jnp.reshape(w["codes_t"], (n_out, n_groups, size))
+    acc = lax.dot_general(xg, wg, (((2,), (2,)), ((1,), (1,))), preferred_element_type=jnp.int32)  # (G, M, N)
+    zw = w.get("group_zero_point")
+    if zx is not None:
+        colsum = jnp.sum(wg.astype(jnp.int32), axis=2).T  # (G, N)
+        acc = acc - zx * colsum[:, None, :]
+    if zw is not None:
+        rowsum = jnp.sum(xg.astype(jnp.int32), axis=2).T  # (G, M)
+        acc = acc - rowsum[:, :, None] * zw[:, None, :]
+        if zx is not None:
+            acc = acc + (size * zx * zw)[:, None, :]
+    y = jnp.sum(acc.astype(jnp.float32) * w["group_scale"][:, None, :], axis=0) * sx
+    return jnp.reshape(y, (*lead, n_out))
 
 
 def _correct(acc, qx, zx, w, *, k: int, reduce_axes: tuple[int, ...]):
@@ -264,6 +291,19 @@ def conv(x: jax.Array, w: dict[str, jax.Array], spec: InputSpec | None, cfg: Con
     if len(batch_shape) != 1:
         y = jnp.reshape(y, (*batch_shape, *y.shape[1:]))
     return y
+
+
+def grouped_dense_weights(codes: np.ndarray, group_scale: np.ndarray, group_zero_point, bias) -> dict:
+    """Integer-path arrays of a Dense layer with per-group scales (G, N) along its K axis."""
+    out = {
+        "codes_t": np.ascontiguousarray(np.asarray(codes, np.int8).T),
+        "group_scale": np.asarray(group_scale, np.float32),
+    }
+    if group_zero_point is not None:
+        out["group_zero_point"] = np.asarray(group_zero_point, np.int32)
+    if bias is not None:
+        out["bias"] = np.asarray(bias, np.float32)
+    return out
 
 
 def dense_weights(codes: np.ndarray, scale: np.ndarray, zero_point: np.ndarray | None, bias) -> dict:

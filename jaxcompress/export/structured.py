@@ -122,8 +122,13 @@ def plan_removal(
     plans: dict[str, program.LayerPlan],
     float_weights: dict[str, dict[str, np.ndarray]],
     call_counts: dict[str, int],
+    fixed_inputs: frozenset[str] = frozenset(),
 ) -> Removal:
-    """Decides which dead channels can be removed (see module docstring)."""
+    """Decides which dead channels can be removed (see module docstring).
+
+    ``fixed_inputs`` are layers whose inputs cannot be sliced (per-group scales
+    along the input axis); channels that reach them are kept.
+    """
     notes: list[str] = []
     run = lambda hook: _run(model, variables, example, apply_kwargs, plans, float_weights, hook)
     y_ref, recorded = run(_Hook())
@@ -161,6 +166,10 @@ def plan_removal(
             out_changed, at = reach[path]
             if np.any(out_changed):
                 dropped, reasons[path] = path, "its channels reach the model output or an unplanned module"
+                break
+            fixed = [c for c, f in at.items() if np.any(f) and c in fixed_inputs]
+            if fixed:
+                dropped, reasons[path] = path, f"they feed {fixed[0]}, whose per-group scales fix its input width"
                 break
             clash = [c for c, f in at.items() if np.any(f & mixed[c])]
             if clash:
@@ -272,15 +281,17 @@ def reduce_weights(
         if kind == "dense":
             c = c[out] if keep_out is not None else c
             c = c[:, keep_in] if keep_in is not None else c
-            w["colsum"] = c.astype(np.int32).sum(axis=1, dtype=np.int32)
+            colsum = c.astype(np.int32).sum(axis=1, dtype=np.int32)
         else:
             c = np.take(c, keep_in, axis=c.ndim - 2) if keep_in is not None else c
             c = c[..., out]
-            w["colsum"] = c.astype(np.int32).reshape(-1, c.shape[-1]).sum(axis=0, dtype=np.int32)
+            colsum = c.astype(np.int32).reshape(-1, c.shape[-1]).sum(axis=0, dtype=np.int32)
+        if "colsum" in w:
+            w["colsum"] = colsum
         w[key] = np.ascontiguousarray(c)
-        for name in ("scale", "zero_point"):
+        for name in ("scale", "zero_point", "group_scale", "group_zero_point"):
             if name in w:
-                w[name] = np.ascontiguousarray(w[name][out])
+                w[name] = np.ascontiguousarray(w[name][..., out])
     for name in ("bias", "const_kernelsum", "const_codesum"):
         if name in w:
             w[name] = np.ascontiguousarray(w[name][..., out])

@@ -1,0 +1,127 @@
+"""Export of every IntegerWeights form: per-group scales, zero points, codebooks."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from test_export import fake_quant_reference
+
+import jaxcompress as jc
+
+
+class Net(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        x = nn.relu(nn.Conv(8, (3, 3))(x))
+        x = jnp.reshape(x, (x.shape[0], -1))
+        x = nn.relu(nn.Dense(32)(x))
+        return nn.Dense(10)(x)
+
+
+def scripted_quantizer(form: str) -> jc.Transform:
+    """A test quantizer whose integer form is computed here with numpy, independently of the library."""
+
+    def integer_of(w: np.ndarray) -> jc.core.IntegerWeights:
+        w = np.asarray(w, np.float64)
+        if form == "group":  # 4-bit asymmetric, groups of 8 along the input axis (axis 0 of Dense kernels)
+            if w.ndim != 2:
+                return _per_channel(w)
+            g = w.reshape(-1, 8, w.shape[1])
+            lo, hi = np.minimum(g.min(1), 0), np.maximum(g.max(1), 0)
+            scale = np.where(hi > lo, (hi - lo) / 15, 1.0)
+            zp = np.clip(np.round(-lo / scale) - 8, -8, 7).astype(np.int32)
+            codes = np.clip(np.round(g / scale[:, None]) + zp[:, None], -8, 7)
+            return jc.core.IntegerWeights(
+                jnp.asarray(codes.reshape(w.shape), jnp.int8),
+                jnp.asarray(scale, jnp.float32),
+                jnp.asarray(zp),
+                4,
+                group_axis=0,
+                group_size=8,
+            )
+        if form == "codebook":  # 2-bit: 4 centroids spread over [min, max], nearest assignment
+            book = np.linspace(w.min(), w.max(), 4)
+            idx = np.abs(w[..., None] - book).argmin(-1)
+            return jc.core.IntegerWeights(
+                jnp.asarray(idx, jnp.int8),
+                jnp.ones((1,) * w.ndim, jnp.float32),
+                None,
+                2,
+                codebook=jnp.asarray(book, jnp.float32),
+            )
+        if form == "asymmetric":  # 8-bit asymmetric per output channel
+            axes = tuple(range(w.ndim - 1))
+            lo, hi = np.minimum(w.min(axes, keepdims=True), 0), np.maximum(w.max(axes, keepdims=True), 0)
+            scale = np.where(hi > lo, (hi - lo) / 255, 1.0)
+            zp = np.clip(np.round(-lo / scale) - 128, -128, 127).astype(np.int32)
+            codes = np.clip(np.round(w / scale) + zp, -128, 127)
+            return jc.core.IntegerWeights(
+                jnp.asarray(codes, jnp.int8), jnp.asarray(scale, jnp.float32), jnp.asarray(zp), 8
+            )
+        raise ValueError(form)
+
+    def _per_channel(w):
+        scale = np.abs(w).reshape(-1, w.shape[-1]).max(0) / 127
+        scale = np.where(scale > 0, scale, 1.0)  # all-zero (pruned) channels
+        codes = np.round(w / scale)
+        return jc.core.IntegerWeights(
+            jnp.asarray(codes, jnp.int8), jnp.asarray(scale.reshape((1,) * (w.ndim - 1) + (-1,)), jnp.float32), None, 8
+        )
+
+    def integer(params, state):
+        return {p: integer_of(w) for p, w in jc.core.leaves_at(params, state).items()}
+
+    def apply(params, state):
+        ints = integer(params, state)
+        return jc.core.map_selected(lambda p, w: ints[p].dequantize().astype(w.dtype), params, state)
+
+    return jc.Transform(
+        lambda params: jc.paths.select(jc.paths.KERNELS, params),
+        lambda p, s, g=None, **kw: s,
+        apply,
+        lambda s: {},
+        integer,
+    )
+
+
+@pytest.fixture(scope="module")
+def setup():
+    model = Net()
+    x = jax.random.uniform(jax.random.key(0), (16, 6, 6, 2))
+    return model, model.init(jax.random.key(1), x), x
+
+
+@pytest.mark.parametrize("form", ["group", "codebook", "asymmetric"])
+def test_export_matches_fake_quant_and_round_trips(setup, form, tmp_path):
+    model, variables, x = setup
+    recipe = scripted_quantizer(form)
+    state = recipe.init(variables["params"])
+    ex = jc.export.int8(model, variables, recipe, state, x, dispatch="int8")
+    ref = fake_quant_reference(model, {"params": recipe.apply(variables["params"], state)}, x)
+    np.testing.assert_allclose(ex(x), ref, rtol=1e-4, atol=1e-4 * float(jnp.max(jnp.abs(ref))))
+    ex.save(tmp_path / "m.jcx")
+    np.testing.assert_array_equal(jc.export.load(tmp_path / "m.jcx")(x), ex(x))
+    computes = {p: v["compute"] for p, v in ex.report["layers"].items()}
+    leaves = ex.report["leaves"]
+    if form == "group":  # the Dense layers run int8 with per-group rescaling; the conv has per-channel scales
+        assert computes == {"Conv_0": "int8", "Dense_0": "int8", "Dense_1": "int8"}
+        assert "group_scale" in ex.weights["layers"]["Dense_0"]
+        assert leaves["layers/Dense_0/codes_t"]["bytes"] <= variables["params"]["Dense_0"]["kernel"].size // 2
+    if form == "codebook":  # no integer matmul for a codebook: float compute, 2-bit storage
+        assert set(computes.values()) == {"float32"}
+        n = variables["params"]["Dense_0"]["kernel"].size
+        assert leaves["layers/Dense_0/kernel"]["bytes"] <= n // 4 + 4 * 4 + 4
+    if form == "asymmetric":  # weight zero points fold into the int32 accumulator for Dense
+        assert computes["Dense_0"] == "int8" and computes["Conv_0"] == "float32"
+
+
+def test_grouped_layers_keep_their_input_width(setup):
+    model, variables, x = setup
+    params = jax.tree.map(np.array, variables["params"])
+    params["Conv_0"]["kernel"][..., :2] = 0.0  # dead conv channels that feed the grouped Dense_0
+    recipe = scripted_quantizer("group")
+    state = recipe.init(params)
+    ex = jc.export.int8(model, {"params": params}, recipe, state, x, dispatch="int8")
+    (note,) = ex.report["notes"]
+    assert note.startswith("Conv_0: 2 dead channels kept") and "per-group scales" in note
