@@ -27,6 +27,10 @@ def _demo(args: argparse.Namespace) -> int:
         f"{args.sparsity:.0%} magnitude pruning + int{args.bits} weights, jointly fine-tuned"
     )
     print(result.table())
+    print(
+        f"the artifact is the int8 program, exported and loaded back; the fake-quantized model it came "
+        f"from scored {result.fake_quant_accuracy:.2%}"
+    )
     print(f"files: {result.float_path}, {result.compressed_path}  ({time.perf_counter() - start:.1f} s)")
     return 0
 

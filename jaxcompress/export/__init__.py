@@ -5,9 +5,8 @@ heavier); ``int8`` (the builder) imports Flax on first use.
 """
 
 from jaxcompress.export.artifact import Artifact, load
-from jaxcompress.export.storage import decode_sparse, encode_sparse, load_arrays, save_arrays
 
-__all__ = ["Artifact", "Exported", "decode_sparse", "encode_sparse", "int8", "load", "load_arrays", "save_arrays"]
+__all__ = ["Artifact", "Exported", "int8", "load"]
 
 
 def __getattr__(name: str):
