@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> dict:
     data = jc.data.digits()
     model = CNN()
     params = model.init(jax.random.key(0), data.x_train[:1])["params"]
-    apply_fn = lambda p, x: model.apply({"params": p}, x)  # noqa: E731
+    apply_fn = lambda p, x: model.apply({"params": p}, x)
     stream = jc.data.batches(data.x_train, data.y_train, 64)
 
     # 1. Float training.
