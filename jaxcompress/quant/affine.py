@@ -168,7 +168,7 @@ def affine_params(
     return scale, zero_point
 
 
-def _codes(x32, scale, zero_point, qmin, qmax, key):
+def codes_ste(x32, scale, zero_point, qmin, qmax, key):
     """Float-valued integer codes of ``x32`` (straight-through, clipped)."""
     v = x32 / scale
     r = round_ste(v) if key is None else stochastic_round_ste(v, key)
@@ -177,7 +177,7 @@ def _codes(x32, scale, zero_point, qmin, qmax, key):
     return clip_ste(r, qmin, qmax)
 
 
-def _dequantize(codes, scale, zero_point):
+def dequantize_codes(codes, scale, zero_point):
     if zero_point is not None:
         codes = codes - zero_point.astype(jnp.float32)
     return codes * scale
@@ -200,8 +200,8 @@ def quantize_leaf(
     scale, zero_point = affine_params(lo, hi, bits, symmetric=symmetric, signed=signed, narrow=narrow)
     qmin, qmax = _range(bits, signed=signed, narrow=narrow)
     xv, (s, z), unview = gran_lib.grouped_view(x32, (scale, zero_point), granularity)
-    codes = _codes(xv, s, z, qmin, qmax, key)
-    deq = _dequantize(codes, s, z)
+    codes = codes_ste(xv, s, z, qmin, qmax, key)
+    deq = dequantize_codes(codes, s, z)
     return unview(deq).astype(x.dtype), unview(codes), scale, zero_point
 
 
