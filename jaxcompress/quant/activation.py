@@ -34,7 +34,9 @@ node: train them with ``learned_grads=`` like any other.
 
     q = \\mathrm{clip}(\\mathrm{round}(x / s) + z,\\ q_{min},\\ q_{max})
 
-with ``round`` half to even, ``z = 0`` when ``zero_point`` is ``None``, and
+with ``round`` half to even, ``x / s`` computed in float32 as
+``x * float32(1 / s)`` (what XLA compiles ``x / s`` to under ``jit`` when ``s``
+is a broadcast scalar), ``z = 0`` when ``zero_point`` is ``None``, and
 ``[q_min, q_max] = [-2^(b-1), 2^(b-1) - 1]`` (signed) or ``[0, 2^b - 1]``
 (unsigned); the fake-quantized input is ``(q - z) * s``, bitwise.
 :func:`quantize_input` computes ``q`` (dynamic ranges included) exactly as
@@ -332,7 +334,7 @@ def quantize_site(x: jax.Array, site: Site) -> tuple[jax.Array, Range | None]:
         r = Range(jnp.where(use_batch, observed.lo, site.range.lo), jnp.where(use_batch, observed.hi, site.range.hi))
     scale, zp, qmin, qmax = _grid(config, r)
     if config.mode == "dynamic" and config.symmetric and config.signed:
-        codes = round_ste(x32 / scale)  # |x / scale| <= 2^(b-1) - 1: never clipped
+        codes = round_ste(x32 * affine_lib.reciprocal(scale))  # |x / scale| <= 2^(b-1) - 1: never clipped
     else:
         codes = affine_lib.codes_ste(x32, scale, zp, qmin, qmax, None)
     return affine_lib.dequantize_codes(codes, scale, zp).astype(x.dtype), observed
@@ -396,7 +398,7 @@ def quantize_input(x: jax.Array, quant: InputQuant) -> tuple[jax.Array, jax.Arra
         scale, zp, _, _ = _grid(config, batch_range(x32, config))
     else:
         scale, zp = jnp.asarray(quant.scale, jnp.float32), quant.zero_point
-    q = jnp.round(x32 / scale)
+    q = jnp.round(x32 * affine_lib.reciprocal(scale))
     if zp is not None:
         q = q + jnp.asarray(zp).astype(jnp.float32)
     q = jnp.clip(q, jnp.float32(qmin), jnp.float32(qmax))

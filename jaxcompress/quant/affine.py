@@ -9,6 +9,8 @@ A tensor ``x`` is mapped to integer codes and back as
 
 with scale ``s > 0`` and integer zero point ``z`` shared by the entries of a
 :mod:`~jaxcompress.quant.granularity` (per tensor, per channel, per group).
+``x / s`` is computed as ``x * (1 / s)`` in float32 (see :func:`reciprocal`),
+the same bits eagerly and under ``jit``.
 
 * **Symmetric** (``z = 0``): ``s = max|x| / (2^(b-1) - 1)`` for signed codes,
   ``s = max(x, 0) / (2^b - 1)`` for unsigned ones. Signed weight grids are
@@ -119,6 +121,17 @@ def _range(bits: jax.typing.ArrayLike, *, signed: bool, narrow: bool) -> tuple[j
     return qmin.astype(jnp.float32), qmax.astype(jnp.float32)
 
 
+def reciprocal(x: jax.typing.ArrayLike) -> jax.Array:
+    """``1 / x`` in float32: every quantizer divides as ``a * reciprocal(b)``.
+
+    XLA compiles ``a / b`` with a broadcast or constant ``b`` into
+    ``a * (1 / b)`` under ``jit`` but not eagerly, which differs by an ulp;
+    multiplying by the reciprocal explicitly gives the same bits eagerly and
+    under ``jit``, so ``apply``, ``integer`` and export agree.
+    """
+    return jnp.float32(1.0) / jnp.asarray(x, jnp.float32)
+
+
 def _positive(scale: jax.Array, valid: jax.Array) -> jax.Array:
     """``scale`` where valid and not underflowed, else 1.0: always finite and positive."""
     tiny = jnp.finfo(jnp.float32).tiny
@@ -160,17 +173,17 @@ def affine_params(
     qmin, qmax = _range(bits, signed=signed, narrow=narrow)
     if symmetric:
         amax = jnp.maximum(jnp.abs(lo), jnp.abs(hi)) if signed else jnp.maximum(hi, 0.0)
-        return _positive(amax / qmax, amax > 0), None
+        return _positive(amax * reciprocal(qmax), amax > 0), None
     lo, hi = jnp.minimum(lo, 0.0), jnp.maximum(hi, 0.0)
     span = hi - lo
-    scale = _positive(span / (qmax - qmin), span > 0)
+    scale = _positive(span * reciprocal(qmax - qmin), span > 0)
     zero_point = jnp.clip(jnp.round(qmin - lo / scale), qmin, qmax).astype(jnp.int32)
     return scale, zero_point
 
 
 def codes_ste(x32, scale, zero_point, qmin, qmax, key):
     """Float-valued integer codes of ``x32`` (straight-through, clipped)."""
-    v = x32 / scale
+    v = x32 * reciprocal(scale)
     r = round_ste(v) if key is None else stochastic_round_ste(v, key)
     if zero_point is not None:
         r = r + zero_point.astype(jnp.float32)

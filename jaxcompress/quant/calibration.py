@@ -78,7 +78,7 @@ def observe_range(
     def sse(fraction):
         lo, hi = full.lo * fraction, full.hi * fraction
         scale, zp = affine_lib.affine_params(lo, hi, config.bits, symmetric=config.symmetric, signed=config.signed)
-        q = jnp.round(x32 / scale) + (0.0 if zp is None else zp.astype(jnp.float32))
+        q = jnp.round(x32 * affine_lib.reciprocal(scale)) + (0.0 if zp is None else zp.astype(jnp.float32))
         q = jnp.clip(q, jnp.float32(qmin), jnp.float32(qmax))
         deq = (q - (0.0 if zp is None else zp.astype(jnp.float32))) * scale
         return jnp.sum(jnp.square(deq - x32))

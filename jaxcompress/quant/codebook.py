@@ -3,7 +3,9 @@
 Each selected leaf keeps ``K = 2^bits`` shared float values (its codebook) and,
 per weight, the index of its centroid: ``w_hat = codebook[assignments]``.
 
-* **Initialization** (at ``init``): centroids spread linearly over
+* **Clustering** (at ``init``, and again at the first ``update``, so that
+  chained after one-shot pruning it clusters the pruned weights): centroids
+  spread linearly over
   ``[min w, max w]`` (the paper's best initialization: it keeps the rare large
   weights represented), then ``iterations`` steps of Lloyd's algorithm
   (assign each weight to its nearest centroid, move each centroid to the mean
@@ -16,10 +18,13 @@ per weight, the index of its centroid: ``w_hat = codebook[assignments]``.
 * **Assignments** are fixed after ``init``, unless ``reassign_every=n``: then
   every ``n``-th ``update`` re-assigns the current weights (which train
   straight-through) to the nearest current centroid, under ``lax.cond``.
-* **Zeros stay zero** (``keep_zeros=True``): if a leaf holds exact zeros at
-  ``init`` (chained after pruning), centroid 0 is reserved, pinned at exactly
-  ``0.0`` and never trained, and only the zeros use it; the other ``K - 1``
-  centroids cluster the nonzero weights.
+* **Zeros stay zero** (``keep_zeros=True``): if a leaf holds exact zeros when
+  it is clustered (chained after pruning), centroid 0 is reserved, pinned at
+  exactly ``0.0`` and never trained, and only the zeros use it; the other
+  ``K - 1`` centroids cluster the nonzero weights. Chain k-means after pruning
+  whose masks are final (one-shot, or a finished schedule); with masks still
+  changing, ``reassign_every`` moves newly pruned weights to the reserved
+  zero (if one was reserved).
 
 In integer form a leaf is a codebook leaf: ``uint8`` indices, a unit scale and
 the ``float32`` codebook; it dequantizes to ``apply`` bitwise.
@@ -192,16 +197,23 @@ def kmeans(
 
     def update(params: Any, state: KMeansState, grads: Any = None, **extra_args) -> KMeansState:
         del grads, extra_args
-        count = safe_increment(state.count)
-        if reassign_every is None:
-            return state._replace(count=count)
         leaves = core.leaves_at(params, list(state.assignments))
+        paths = list(state.assignments)
+        current = (dict(state.learned.values), dict(state.assignments), dict(state.zero_reserved))
 
-        def reassign():
-            return {p: _reassign(leaves[p], state.learned.values[p], state.zero_reserved[p]) for p in state.assignments}
+        def cluster():
+            found = {p: _cluster(leaves[p], k, iterations, keep_zeros) for p in paths}
+            return tuple({p: found[p][i] for p in paths} for i in range(3))
 
-        assignments = lax.cond(count % reassign_every == 0, reassign, lambda: dict(state.assignments))
-        return state._replace(count=count, assignments=assignments)
+        codebooks, assignments, reserved = lax.cond(state.count == 0, cluster, lambda: current)
+        count = safe_increment(state.count)
+        if reassign_every is not None:
+
+            def reassign():
+                return {p: _reassign(leaves[p], codebooks[p], reserved[p]) for p in paths}
+
+            assignments = lax.cond(count % reassign_every == 0, reassign, lambda: assignments)
+        return KMeansState(count, assignments, reserved, core.Learned(codebooks))
 
     def leaf(path: str, w: jax.Array, state: KMeansState) -> tuple[jax.Array, jax.Array]:
         codebook = _effective(state.learned.values[path], state.zero_reserved[path])

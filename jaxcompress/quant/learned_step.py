@@ -112,7 +112,7 @@ def lsq_fake_quant(
         xv, (sv,), unview = gran_lib.grouped_view(x.astype(jnp.float32), (s,), granularity)
     else:
         xv, sv, unview = x.astype(jnp.float32), s, lambda y: y
-    codes = round_ste(clip_ste(xv / sv, jnp.float32(-qn), jnp.float32(qp)))
+    codes = round_ste(clip_ste(xv * affine_lib.reciprocal(sv), jnp.float32(-qn), jnp.float32(qp)))
     return unview(codes * sv).astype(x.dtype), unview(codes)
 
 

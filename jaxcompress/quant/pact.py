@@ -37,8 +37,8 @@ MIN_ALPHA = 1e-6
 
 
 def pact_scale(alpha: jax.typing.ArrayLike, bits: int) -> jax.Array:
-    """The step ``max(alpha, 1e-6) / (2^bits - 1)`` (float32)."""
-    return jnp.maximum(jnp.asarray(alpha, jnp.float32), MIN_ALPHA) / jnp.float32(2**bits - 1)
+    """The step ``max(alpha, 1e-6) * float32(1 / (2^bits - 1))`` (float32)."""
+    return jnp.maximum(jnp.asarray(alpha, jnp.float32), MIN_ALPHA) * jnp.float32(1.0 / (2**bits - 1))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
@@ -67,7 +67,7 @@ def pact_fake_quant(x: jax.Array, alpha: jax.Array, bits: int) -> jax.Array:
 
 def _forward(x, alpha, bits):
     s = pact_scale(alpha, bits)
-    q = jnp.clip(jnp.round(x.astype(jnp.float32) / s), 0.0, jnp.float32(2**bits - 1))
+    q = jnp.clip(jnp.round(x.astype(jnp.float32) * (jnp.float32(1.0) / s)), 0.0, jnp.float32(2**bits - 1))
     return (q * s).astype(x.dtype)
 
 

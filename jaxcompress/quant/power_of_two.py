@@ -65,7 +65,7 @@ def log2_quantize(
     amax = lax.stop_gradient(gran_lib.reduce(jnp.max, jnp.abs(w32), granularity))
     alpha = jnp.where(amax > 0, jnp.maximum(amax, jnp.finfo(jnp.float32).tiny), 1.0)
     wv, (av,), unview = gran_lib.grouped_view(w32, (alpha,), granularity)
-    v = lax.stop_gradient(jnp.abs(wv) / av)  # in [0, 1]
+    v = lax.stop_gradient(jnp.abs(wv) * affine_lib.reciprocal(av))  # in [0, 1]
     mantissa, exponent = jnp.frexp(v)  # v = mantissa * 2^exponent, mantissa in [0.5, 1)
     del mantissa
     upper = jnp.ldexp(jnp.ones_like(v), exponent)  # v in [upper / 2, upper)
