@@ -59,7 +59,7 @@ from jaxcompress import paths as paths_lib
 from jaxcompress.prune.magnitude import safe_increment
 from jaxcompress.quant import affine as affine_lib
 from jaxcompress.quant import learned_step, pact
-from jaxcompress.quant.ste import round_ste
+from jaxcompress.quant.ste import straight_through
 
 __all__ = [
     "ActivationConfig",
@@ -333,11 +333,14 @@ def quantize_site(x: jax.Array, site: Site) -> tuple[jax.Array, Range | None]:
         use_batch = site.count == 0
         r = Range(jnp.where(use_batch, observed.lo, site.range.lo), jnp.where(use_batch, observed.hi, site.range.hi))
     scale, zp, qmin, qmax = _grid(config, r)
-    if config.mode == "dynamic" and config.symmetric and config.signed:
-        codes = round_ste(x32 * affine_lib.reciprocal(scale))  # |x / scale| <= 2^(b-1) - 1: never clipped
+    if config.mode == "dynamic" and (config.signed or not config.symmetric):
+        # The batch's own range covers it: identity gradient, with no backward work.
+        codes = affine_lib.codes_ste(lax.stop_gradient(x32), scale, zp, qmin, qmax, None)
+        deq = straight_through(x32, affine_lib.dequantize_codes(codes, scale, zp))
     else:
         codes = affine_lib.codes_ste(x32, scale, zp, qmin, qmax, None)
-    return affine_lib.dequantize_codes(codes, scale, zp).astype(x.dtype), observed
+        deq = affine_lib.dequantize_codes(codes, scale, zp)
+    return deq.astype(x.dtype), observed
 
 
 def _export(site: Site) -> InputQuant:

@@ -27,8 +27,11 @@ the same bits eagerly and under ``jit``.
 
 Signed codes are ``int8``; unsigned ones ``uint8`` (``[0, 2^b)``). A constant
 or all-zero slice gets a finite positive scale (1.0 when all zero). Gradients
-are straight-through, zero outside the grid (clipped STE); scales computed
-from the weights carry no gradient.
+are straight-through (:mod:`~jaxcompress.quant.ste`), zero outside the grid:
+since the range is the tensor's own min/max, nothing is outside it and the
+gradient is exactly the identity (a ``custom_vjp`` with no backward work),
+except that an unsigned symmetric grid clips negative entries (gradient 0
+there). Scales computed from the weights carry no gradient.
 
 References:
   Jacob et al., "Quantization and Training of Neural Networks for Efficient
@@ -49,7 +52,7 @@ from jax import lax
 from jaxcompress import _validate, core
 from jaxcompress import paths as paths_lib
 from jaxcompress.quant import granularity as gran_lib
-from jaxcompress.quant.ste import clip_ste, round_ste, stochastic_round_ste
+from jaxcompress.quant.ste import clip_ste, round_ste, stochastic_round_ste, straight_through
 
 __all__ = [
     "SymmetricState",
@@ -213,8 +216,12 @@ def quantize_leaf(
     scale, zero_point = affine_params(lo, hi, bits, symmetric=symmetric, signed=signed, narrow=narrow)
     qmin, qmax = _range(bits, signed=signed, narrow=narrow)
     xv, (s, z), unview = gran_lib.grouped_view(x32, (scale, zero_point), granularity)
-    codes = codes_ste(xv, s, z, qmin, qmax, key)
-    deq = dequantize_codes(codes, s, z)
+    if symmetric and not signed:  # negative entries are clipped to 0: clipped straight-through gradient
+        codes = codes_ste(xv, s, z, qmin, qmax, key)
+        deq = dequantize_codes(codes, s, z)
+    else:  # the range covers the whole tensor: identity gradient, no backward work at all
+        codes = codes_ste(lax.stop_gradient(xv), s, z, qmin, qmax, key)
+        deq = straight_through(xv, dequantize_codes(codes, s, z))
     return unview(deq).astype(x.dtype), unview(codes), scale, zero_point
 
 

@@ -4,8 +4,10 @@ Each selected leaf keeps ``K = 2^bits`` shared float values (its codebook) and,
 per weight, the index of its centroid: ``w_hat = codebook[assignments]``.
 
 * **Clustering** (at ``init``, and again at the first ``update``, so that
-  chained after one-shot pruning it clusters the pruned weights): centroids
-  spread linearly over
+  chained after one-shot pruning it clusters the pruned weights; under
+  :func:`jaxcompress.optim.with_compression` that first step's codebook
+  gradients were computed for the ``init`` clusters): centroids spread
+  linearly over
   ``[min w, max w]`` (the paper's best initialization: it keeps the rare large
   weights represented), then ``iterations`` steps of Lloyd's algorithm
   (assign each weight to its nearest centroid, move each centroid to the mean
