@@ -206,8 +206,9 @@ UNIFORM_VARIANTS = {
 }
 
 
-@pytest.mark.parametrize("name", sorted(UNIFORM_VARIANTS))
-@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize(
+    "name, dtype", [(name, jnp.float32) for name in sorted(UNIFORM_VARIANTS)] + [("asym-group", jnp.bfloat16)]
+)
 def test_uniform_integer_dequantizes_to_apply(params, name, dtype):
     params = jax.tree.map(lambda x: x.at[::2].set(0).astype(dtype), params)  # with zeros, as after pruning
     recipe = UNIFORM_VARIANTS[name]()

@@ -114,12 +114,19 @@ def _cluster(w: jax.Array, k: int, iterations: int, keep_zeros: bool):
     w32 = w.astype(jnp.float32)
     reserve = jnp.any(w32 == 0) if keep_zeros else jnp.bool_(False)
     nonzero = w32 != 0
-    # With a reserved zero, k - 1 centroids cluster the nonzero weights.
-    c_all, a_all = kmeans_1d(w32, k, iterations=iterations)
-    c_nz, a_nz = kmeans_1d(w32, k - 1, iterations=iterations, where=nonzero)
-    codebook = jnp.where(reserve, jnp.concatenate([jnp.zeros((1,), jnp.float32), c_nz]), c_all)
-    assign = jnp.where(reserve, jnp.where(nonzero.reshape(-1), a_nz + 1, 0), a_all)
+
+    def plain():
+        return kmeans_1d(w32, k, iterations=iterations)
+
+    def reserved():  # k - 1 centroids cluster the nonzero weights; index 0 is the zero
+        c, a = kmeans_1d(w32, k - 1, iterations=iterations, where=nonzero)
+        return jnp.concatenate([jnp.zeros((1,), jnp.float32), c]), jnp.where(nonzero.reshape(-1), a + 1, 0)
+
+    codebook, assign = lax.cond(reserve, reserved, plain)
     return codebook, assign.reshape(w.shape).astype(jnp.uint8), reserve
+
+
+_cluster_jit = jax.jit(_cluster, static_argnums=(1, 2, 3))  # one compiled program per leaf shape
 
 
 def _effective(codebook: jax.Array, reserved: jax.Array) -> jax.Array:
@@ -194,7 +201,7 @@ def kmeans(
         _validate.check_finite_leaves(flat, selected)
         codebooks, assignments, reserved = {}, {}, {}
         for p in selected:
-            codebooks[p], assignments[p], reserved[p] = _cluster(flat[p], k, iterations, keep_zeros)
+            codebooks[p], assignments[p], reserved[p] = _cluster_jit(flat[p], k, iterations, keep_zeros)
         return KMeansState(jnp.zeros([], jnp.int32), assignments, reserved, core.Learned(codebooks))
 
     def update(params: Any, state: KMeansState, grads: Any = None, **extra_args) -> KMeansState:
