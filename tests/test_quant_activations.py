@@ -268,16 +268,21 @@ class NnxNet(nnx.Module):
     def __init__(self, rngs):
         self.conv = nnx.Conv(2, 4, (3, 3), rngs=rngs)
         self.fc = nnx.Linear(100, 3, rngs=rngs)
+        self.mix = nnx.Einsum("ab,bc->ac", (3, 2), rngs=rngs)
 
     def __call__(self, x):
         x = nnx.relu(self.conv(x))
-        return self.fc(x.reshape(x.shape[0], -1))
+        return self.mix(self.fc(x.reshape(x.shape[0], -1)))
 
 
 def test_nnx_inputs_of_selected_layers_only():
     model = NnxNet(nnx.Rngs(0))
     cstate = quant.activations(2, rule="fc").init(nnx.state(model, nnx.Param))
     assert cstate.config.modules == ("fc",)
+    both = quant.activations(2, rule="fc|mix").init(nnx.to_pure_dict(nnx.state(model, nnx.Param)))
+    with quant.quantize_activations_nnx(model, both) as observed:
+        model(X)
+    assert sorted(observed.visited) == ["fc", "mix"]
     original = model.fc.dot_general
     conv_out = nnx.relu(model.conv(X)).reshape(8, -1)
     expected = np_dynamic(conv_out, 2) @ np.asarray(model.fc.kernel[...]) + np.asarray(model.fc.bias[...])
@@ -287,10 +292,11 @@ def test_nnx_inputs_of_selected_layers_only():
         with quant.quantize_activations_nnx(model, cstate):
             return model(x)
 
-    np.testing.assert_allclose(forward(model, X), expected, rtol=1e-5, atol=1e-5)
+    mix = lambda h: h @ np.asarray(model.mix.kernel[...])
+    np.testing.assert_allclose(forward(model, X), mix(expected), rtol=1e-5, atol=1e-5)
     assert model.fc.dot_general is original  # restored
     np.testing.assert_allclose(
-        model(X),
+        model.fc(conv_out),
         np.asarray(conv_out) @ np.asarray(model.fc.kernel[...]) + np.asarray(model.fc.bias[...]),
         rtol=1e-5,
         atol=1e-5,
@@ -301,3 +307,22 @@ def test_nnx_inputs_of_selected_layers_only():
         quant.quantize_activations_nnx(model, bad),
     ):
         pass
+
+
+class EinsumNet(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        return nn.Einsum((4, 3), "ab,bc->ac", use_bias=False)(nn.DenseGeneral(4)(x))
+
+
+def test_einsum_and_dense_general_inputs_are_quantized():
+    model = EinsumNet()
+    x = jax.random.normal(jax.random.key(3), (5, 6))
+    params = model.init(jax.random.key(4), x)["params"]
+    cstate = quant.activations(2).init(params)
+    assert sorted(cstate.config.modules) == ["DenseGeneral_0", "Einsum_0"]
+    raw, seen = {}, {}
+    with recording(raw), quant.quantize_activations(cstate), recording(seen):
+        model.apply({"params": params}, x)
+    for m in ("DenseGeneral_0", "Einsum_0"):
+        np.testing.assert_array_equal(seen[m][0], np_dynamic(raw[m][0], 2))

@@ -10,7 +10,7 @@ not selected are not touched.
 
 Select layers with :func:`~jaxcompress.quant.activations` initialized on the
 model's params, e.g. ``nnx.state(model, nnx.Param)`` (paths like
-``"conv/kernel/value"``, module path ``"conv"``) or its ``to_pure_dict()``.
+``"conv/kernel/value"``, module path ``"conv"``) or ``nnx.to_pure_dict`` of it.
 Only layer inputs are supported (``outputs=True`` is an error here).
 
 Example:
