@@ -16,6 +16,16 @@ TRANSFORMS = {
     "int8-per-channel": lambda: jc.quant.int8(),
     "int4-per-tensor": lambda: jc.quant.symmetric(4, per_channel=False),
     "chain": lambda: jc.chain(jc.prune.magnitude(0.5), jc.quant.int8()),
+    "uniform-asymmetric-unsigned-group": lambda: jc.quant.uniform(
+        4, symmetric=False, signed=False, granularity=jc.quant.per_group(8), rule="Dense.*kernel"
+    ),
+    "uniform-stochastic": lambda: jc.quant.uniform(3, rounding="stochastic"),
+    "lsq": lambda: jc.quant.lsq(4),
+    "log2": lambda: jc.quant.log2(4),
+    "kmeans": lambda: jc.quant.kmeans(3, iterations=3, reassign_every=2),
+    "mixed-precision": lambda: jc.quant.mixed_precision({"Conv": 8, "Dense_0": 4}, default=2),
+    "activations-static": lambda: jc.chain(jc.quant.int8(), jc.quant.activations(8, mode="static")),
+    "activations-lsq": lambda: jc.quant.activations(4, mode="lsq", rule="Dense"),
 }
 
 

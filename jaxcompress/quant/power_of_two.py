@@ -1,0 +1,147 @@
+"""Power-of-two (logarithmic) weight quantization.
+
+With ``L = 2^(b-1) - 1`` magnitudes, every weight becomes ``0`` or
+``± alpha * 2^(-k)``, ``k in {0, ..., L-1}``, where ``alpha = max|w|`` per
+slice of the :mod:`~jaxcompress.quant.granularity`: a sign bit and ``b - 1``
+bits of exponent, so multiplications become shifts. Each ``|w| / alpha`` goes
+to the nearest level (linear distance; exactly halfway goes up), and to zero
+when it is nearer zero than the smallest level. Zero stays zero.
+
+In integer form the leaf is a codebook leaf: ``codes`` (``uint8``) index the
+codebook ``[0, 2^0, 2^-1, ..., 2^-(L-1), -2^0, ..., -2^-(L-1)]`` (``2^b - 1``
+entries) and ``scale`` holds ``alpha``. Gradients are straight through.
+
+References:
+  Miyashita, Lee & Murmann, "Convolutional Neural Networks using Logarithmic
+  Data Representation", 2016. https://arxiv.org/abs/1603.01025
+  Zhou et al., "Incremental Network Quantization", 2017.
+  https://arxiv.org/abs/1702.03044
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from jaxcompress import _validate, core
+from jaxcompress import paths as paths_lib
+from jaxcompress.quant import affine as affine_lib
+from jaxcompress.quant import granularity as gran_lib
+from jaxcompress.quant.ste import straight_through
+
+__all__ = ["Log2State", "log2", "log2_codebook", "log2_quantize"]
+
+
+class Log2State(NamedTuple):
+    """State of :func:`log2`."""
+
+    bits: dict[str, jax.Array]  # per selected leaf: shape=(), dtype=int32 (static in use)
+
+
+def log2_codebook(bits: int) -> jax.Array:
+    """The float32 codebook ``[0, 1, 1/2, ..., 2^-(L-1), -1, ..., -2^-(L-1)]``, ``L = 2^(b-1) - 1``."""
+    levels = 2.0 ** -jnp.arange(2 ** (bits - 1) - 1, dtype=jnp.float32)
+    return jnp.concatenate([jnp.zeros((1,), jnp.float32), levels, -levels])
+
+
+def log2_quantize(
+    w: jax.Array, bits: int, granularity: gran_lib.Granularity | str = "channel"
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """``(dequantized in w.dtype, uint8 codes, alpha)`` of ``w`` (see the module docstring).
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from jaxcompress import quant
+      >>> w = jnp.array([1.0, 0.6, -0.3, 0.1, 0.0])
+      >>> quant.log2_quantize(w, 3, "tensor")[0].tolist()  # levels 0, 1, 1/2, 1/4
+      [1.0, 0.5, -0.25, 0.0, 0.0]
+    """
+    granularity = gran_lib.as_granularity(granularity)
+    n_levels = 2 ** (bits - 1) - 1
+    w32 = w.astype(jnp.float32)
+    amax = lax.stop_gradient(gran_lib.reduce(jnp.max, jnp.abs(w32), granularity))
+    alpha = jnp.where(amax > 0, jnp.maximum(amax, jnp.finfo(jnp.float32).tiny), 1.0)
+    wv, (av,), unview = gran_lib.grouped_view(w32, (alpha,), granularity)
+    v = lax.stop_gradient(jnp.abs(wv) * affine_lib.reciprocal(av))  # in [0, 1]
+    mantissa, exponent = jnp.frexp(v)  # v = mantissa * 2^exponent, mantissa in [0.5, 1)
+    del mantissa
+    upper = jnp.ldexp(jnp.ones_like(v), exponent)  # v in [upper / 2, upper)
+    k = jnp.where(v >= 0.75 * upper, -exponent, 1 - exponent)  # nearest level 2^-k
+    smallest = jnp.float32(2.0 ** -(n_levels - 1))
+    k_clamped = jnp.minimum(k, n_levels - 1)
+    is_zero = (v == 0) | ((k > n_levels - 1) & (v < 0.5 * smallest))
+    index = jnp.where(wv < 0, 1 + n_levels + k_clamped, 1 + k_clamped)
+    codes = jnp.where(is_zero, 0, index).astype(jnp.uint8)
+    deq = log2_codebook(bits)[codes.astype(jnp.int32)] * av
+    out = straight_through(wv, deq)
+    return unview(out).astype(w.dtype), unview(codes), alpha
+
+
+def log2(
+    bits: int = 4,
+    *,
+    granularity: gran_lib.Granularity | str = "channel",
+    rule: paths_lib.Rule = paths_lib.KERNELS,
+) -> core.Transform:
+    """Power-of-two weight quantization: ``w -> 0`` or ``± alpha 2^-k``.
+
+    Args:
+      bits: bit width, 2 to 8 (one sign bit; ``2^(b-1) - 1`` magnitudes).
+      granularity: how ``alpha = max|w|`` is shared: :func:`per_channel`
+        (default), :func:`per_tensor` or :func:`per_group`.
+      rule: which leaves to quantize (default: ``ndim >= 2``).
+
+    Returns:
+      A :class:`jaxcompress.Transform` whose state is :class:`Log2State`; its
+      ``integer`` gives codebook leaves (``uint8`` indices, ``alpha`` as
+      scale, the :func:`log2_codebook`) that dequantize to ``apply`` bitwise.
+
+    Example:
+      >>> import jax.numpy as jnp, jaxcompress as jc
+      >>> q, _ = jc.compress(jc.quant.log2(3, granularity="tensor"), {"w": jnp.array([[2.0, -1.2], [0.6, 0.1]])})
+      >>> q["w"].tolist()  # alpha = 2: levels 0, 2, 1, 0.5
+      [[2.0, -1.0], [0.5, 0.0]]
+
+    References:
+      Miyashita et al. 2016, https://arxiv.org/abs/1603.01025
+    """
+    bits = affine_lib.check_bits(bits)
+    granularity = gran_lib.as_granularity(granularity)
+    selector = paths_lib.as_selector(rule)
+
+    def init(params: Any) -> Log2State:
+        flat, _ = paths_lib.flatten(params)
+        selected = paths_lib.select(selector, params)
+        _validate.check_float_leaves(flat, selected)
+        _validate.check_finite_leaves(flat, selected)
+        for p in selected:
+            granularity.check(tuple(jnp.shape(flat[p])), where=f"leaf {p!r}")
+        return Log2State({p: jnp.asarray(bits, jnp.int32) for p in selected})
+
+    def update(params: Any, state: Log2State, grads: Any = None, **extra_args) -> Log2State:
+        del params, grads, extra_args
+        return state
+
+    def apply(params: Any, state: Log2State) -> Any:
+        return core.map_selected(lambda p, w: log2_quantize(w, bits, granularity)[0], params, list(state.bits))
+
+    def integer(params: Any, state: Log2State) -> dict[str, core.IntegerWeights]:
+        out = {}
+        for p, w in core.leaves_at(params, list(state.bits)).items():
+            _, codes, alpha = log2_quantize(w, bits, granularity)
+            _, group_axis = granularity.axes(w.ndim)
+            out[p] = core.IntegerWeights(
+                codes,
+                alpha,
+                None,
+                bits,
+                group_axis=group_axis,
+                group_size=granularity.group_size if group_axis is not None else None,
+                codebook=log2_codebook(bits),
+            )
+        return out
+
+    return core.Transform(init, update, apply, lambda state: {}, integer)

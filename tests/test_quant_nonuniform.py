@@ -1,0 +1,136 @@
+"""Power-of-two and k-means codebook quantization, mixed precision: numpy references and invariants."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import jaxcompress as jc
+from jaxcompress import quant
+
+
+def numpy_log2(w: np.ndarray, bits: int, axes) -> np.ndarray:
+    """Nearest of {0, alpha 2^-k, k < L} by brute force over the levels (ties go up)."""
+    n_levels = 2 ** (bits - 1) - 1
+    alpha = np.abs(w).max(axis=axes, keepdims=True)
+    alpha = np.where(alpha > 0, alpha, 1.0)
+    v = np.abs(w) / alpha
+    levels = np.concatenate([[0.0], 2.0 ** -np.arange(n_levels)[::-1]])  # ascending
+    d = np.abs(v[..., None] - levels)
+    best = d.shape[-1] - 1 - np.argmin(d[..., ::-1], axis=-1)  # ties -> the larger level
+    return np.sign(w) * levels[best] * alpha
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 8])
+def test_log2_matches_numpy_reference(params, bits):
+    w = np.asarray(params["Dense_0"]["kernel"]).copy()
+    w[0, :] = 0.0
+    if bits < 8:  # (at 8 bits the smallest level, 2^-126, is at the edge of float32's normal range)
+        w[1, 0] = 0.5 * 2.0 ** -(2 ** (bits - 1) - 2) * np.abs(w[:, 0]).max()  # exactly halfway to zero: goes up
+    q, codes, _ = quant.log2_quantize(jnp.asarray(w), bits)
+    np.testing.assert_allclose(q, numpy_log2(w, bits, axes=0), rtol=1e-6, atol=0)
+    np.testing.assert_array_equal(np.asarray(q)[0], 0.0)
+    assert codes.dtype == jnp.uint8 and int(codes.max()) < 2**bits - 1
+
+
+def test_log2_integer_dequantizes_to_apply_and_is_straight_through(params):
+    recipe = jc.quant.log2(4)
+    state = recipe.init(params)
+    out = jc.paths.flatten(recipe.apply(params, state))[0]
+    for path, iw in recipe.integer(params, state).items():
+        assert iw.codebook.shape == (15,) and iw.zero_point is None
+        np.testing.assert_array_equal(iw.dequantize(), out[path])
+    g = jax.grad(lambda p: jnp.sum(recipe.apply(p, state)["Dense_1"]["kernel"] * 3.0))(params)
+    np.testing.assert_array_equal(g["Dense_1"]["kernel"], 3.0)
+
+
+def numpy_kmeans(x, k, iterations):
+    c = np.linspace(x.min(), x.max(), k).astype(np.float32)
+    for _ in range(iterations):
+        a = np.argmin(np.abs(x[:, None] - c[None, :]), axis=1)
+        for j in range(k):
+            if np.any(a == j):
+                c[j] = x[a == j].mean()
+    return c, np.argmin(np.abs(x[:, None] - c[None, :]), axis=1)
+
+
+def test_kmeans_linear_init_and_lloyd_match_numpy():
+    x = np.asarray(jax.random.normal(jax.random.key(0), (500,)) ** 3)
+    c0, _ = quant.kmeans_1d(jnp.asarray(x), 8, iterations=0)
+    np.testing.assert_allclose(c0, np.linspace(x.min(), x.max(), 8), rtol=1e-6)
+    c, a = quant.kmeans_1d(jnp.asarray(x), 8, iterations=15)
+    c_ref, a_ref = numpy_kmeans(x, 8, 15)
+    np.testing.assert_allclose(c, c_ref, rtol=1e-4, atol=1e-6)
+    assert np.mean(np.asarray(a) == a_ref) > 0.995  # ties at midpoints may differ
+
+
+def test_kmeans_codebook_gradient_is_the_sum_of_its_members_gradients(params):
+    recipe = jc.quant.kmeans(2, rule="Dense_0/kernel")
+    state = recipe.init(params)
+    upstream = jax.random.normal(jax.random.key(5), params["Dense_0"]["kernel"].shape)
+    loss = lambda p, c: jnp.sum(recipe.apply(p, c)["Dense_0"]["kernel"] * upstream)
+    _, grads, (learned,) = jc.optim.value_and_grad(loss)(params, state)
+    members = np.asarray(state.assignments["Dense_0/kernel"]).reshape(-1)
+    expected = np.bincount(members, weights=np.asarray(upstream).reshape(-1), minlength=4)
+    np.testing.assert_allclose(learned.values["Dense_0/kernel"], expected, rtol=1e-5)
+    np.testing.assert_array_equal(grads["Dense_0"]["kernel"], upstream)  # the weights train straight through
+    codebook = state.learned.values["Dense_0/kernel"]
+    assert len(np.unique(np.asarray(recipe.apply(params, state)["Dense_0"]["kernel"]))) == 4
+    assert bool(jnp.all(jnp.diff(codebook) > 0))
+
+
+def test_kmeans_after_pruning_keeps_zeros_through_fine_tuning(params):
+    recipe = jc.chain(jc.prune.magnitude(0.6), jc.quant.kmeans(2))
+    tx = jc.optim.with_compression(optax.adam(1e-2), recipe)
+    opt_state = tx.init(params)
+    x = jax.random.normal(jax.random.key(1), (8, 72))
+
+    def loss(p, c):
+        q = recipe.apply(p, c)
+        return jnp.sum(jnp.tanh(x @ q["Dense_0"]["kernel"]) @ q["Dense_1"]["kernel"]) + jnp.sum(q["Conv_0"]["kernel"])
+
+    @jax.jit
+    def step(params, opt_state):
+        _, grads, learned_grads = jc.optim.value_and_grad(loss)(params, jc.optim.compression_state(opt_state))
+        updates, opt_state = tx.update(grads, opt_state, params, learned_grads=learned_grads)
+        return optax.apply_updates(params, updates), opt_state
+
+    for _ in range(5):  # the first update prunes, then k-means clusters the pruned weights
+        params, opt_state = step(params, opt_state)
+    cstate = jc.optim.compression_state(opt_state)
+    out = recipe.apply(params, cstate)
+    masks = recipe.masks(cstate)
+    kmeans_state = cstate[1]
+    for path, iw in recipe.integer(params, cstate).items():
+        leaf = jc.paths.flatten(out)[0][path]
+        keep = masks[path].unpack()
+        np.testing.assert_array_equal(leaf[~keep], 0.0)  # pruned weights stay exactly zero
+        assert float(iw.codebook[0]) == 0.0 and bool(kmeans_state.zero_reserved[path])
+        assert len(np.unique(np.asarray(leaf))) <= 4
+        np.testing.assert_array_equal(iw.dequantize(), leaf)
+
+
+def test_kmeans_reassignment_follows_the_weights():
+    params = {"w": jnp.array([[-1.0, -0.9], [0.9, 1.0]])}
+    recipe = jc.quant.kmeans(1 + 1, reassign_every=1, keep_zeros=False)
+    state = recipe.update(params, recipe.init(params))  # (the first update clusters)
+    moved = {"w": jnp.array([[1.0, -0.9], [0.9, -1.0]])}
+    state = recipe.update(moved, state)
+    np.testing.assert_array_equal(recipe.apply(moved, state)["w"] < 0, moved["w"] < 0)
+    fixed = jc.quant.kmeans(2, keep_zeros=False)
+    fstate = fixed.update(moved, fixed.update(params, fixed.init(params)))
+    np.testing.assert_array_equal(fixed.apply(moved, fstate)["w"] < 0, params["w"] < 0)
+
+
+def test_mixed_precision_first_rule_wins(params):
+    recipe = jc.quant.mixed_precision([("Dense_0", 4), ("Dense", 2)], default=8)
+    state = recipe.init(params)
+    bits = {p: iw.bits for p, iw in recipe.integer(params, state).items()}
+    assert bits == {"Dense_0/kernel": 4, "Dense_1/kernel": 2, "Conv_0/kernel": 8}
+    out = recipe.apply(params, state)
+    assert len(np.unique(np.asarray(out["Dense_1"]["kernel"][:, 0]))) <= 3
+    with pytest.raises(ValueError, match="selects no leaf"):
+        jc.quant.mixed_precision({"Dense": 4, "Dense_1": 2}).init(params)  # Dense_1 already taken
+    lsq_mixed = jc.quant.mixed_precision({"Conv": 8, "Dense": 4}, method=jc.quant.lsq, granularity="tensor")
+    assert len(jc.core.learned_params(lsq_mixed.init(params))) == 2
