@@ -32,6 +32,8 @@ them beside the model's params.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -58,16 +60,23 @@ State = Any
 Masks = dict[str, PackedMask]
 
 
-class IntegerWeights(NamedTuple):
+@functools.partial(
+    jax.tree_util.register_dataclass,
+    data_fields=["codes", "scale", "zero_point", "codebook"],
+    meta_fields=["bits", "group_axis", "group_size"],
+)
+@dataclasses.dataclass(frozen=True)
+class IntegerWeights:
     """A quantized leaf in integer form: what export stores and computes with.
 
     Affine leaves dequantize to ``(codes - zero_point) * scale``; ``scale`` and
     ``zero_point`` have the leaf's ndim, each axis of size 1, the leaf's size, or
     (along ``group_axis``) ``size // group_size``. Codebook leaves dequantize to
-    ``codebook[codes] * scale``.
+    ``codebook[codes] * scale``. A pytree whose ``bits`` and group fields are
+    static, so they stay Python ints under ``jit``.
     """
 
-    codes: jax.Array  # int8 (affine codes in [-2^(b-1), 2^(b-1)) or [0, 2^b)) or codebook indices
+    codes: jax.Array  # int8 signed codes, uint8 unsigned codes or codebook indices
     scale: jax.Array  # float32, broadcastable as described above
     zero_point: jax.Array | None  # int32 like ``scale``; None for symmetric
     bits: int  # static bit width, 2 to 8

@@ -25,10 +25,7 @@ class SmallCNN(nn.Module):
 
 
 def fake_quant_reference(model, variables, x, **kwargs):
-    """The fake-quantized model: every Dense/Conv input on a dynamic symmetric int8 grid.
-
-    Written independently of jaxcompress.export.layers.
-    """
+    """Every Dense/Conv input on a dynamic symmetric int8 grid, written independently of jaxcompress."""
 
     def interceptor(next_fun, args, kw, context):
         if context.method_name == "__call__" and isinstance(context.module, (nn.Dense, nn.Conv)):
@@ -41,13 +38,21 @@ def fake_quant_reference(model, variables, x, **kwargs):
         return model.apply(variables, x, **kwargs)
 
 
+def fake_quantized_model(model, variables, recipe, cstate, x):
+    """The model as trained: compressed weights, activations through jc.quant.quantize_activations."""
+    compressed = {**variables, "params": recipe.apply(variables["params"], cstate)}
+    with jc.quant.quantize_activations(cstate):
+        return model.apply(compressed, x)
+
+
 @pytest.fixture(scope="module")
 def trained():
-    """SmallCNN fine-tuned on digits with 60% magnitude pruning + int8 weights."""
+    """SmallCNN fine-tuned on digits: 60% magnitude pruning, int8 weights, int8 dynamic activations."""
     ds = jc.data.digits()
     model = SmallCNN()
     params = model.init(jax.random.key(0), ds.x_train[:1])["params"]
-    recipe = jc.chain(jc.prune.magnitude(jc.schedules.polynomial(0.0, 0.6, begin=0, end=100)), jc.quant.int8())
+    schedule = jc.schedules.polynomial(0.0, 0.6, begin=0, end=100)
+    recipe = jc.chain(jc.prune.magnitude(schedule), jc.quant.int8(), jc.quant.activations(8))
     tx = jc.optim.with_compression(optax.adam(3e-3), recipe)
     apply_fn = lambda p, x: model.apply({"params": p}, x)
     stream = jc.data.batches(ds.x_train, ds.y_train, 64)
@@ -63,9 +68,11 @@ def exported_int8(trained):
 
 def test_exported_agrees_with_the_fake_quantized_model(trained, exported_int8):
     model, variables, recipe, cstate, ds = trained
-    compressed = {"params": recipe.apply(variables["params"], cstate)}
     x = ds.x_test
-    ref = fake_quant_reference(model, compressed, x)
+    ref = fake_quantized_model(model, variables, recipe, cstate, x)
+    # ...which is what an independent implementation of the same quantization computes, too.
+    independent = fake_quant_reference(model, {"params": recipe.apply(variables["params"], cstate)}, x)
+    assert float(jnp.mean(jnp.argmax(independent, -1) == jnp.argmax(ref, -1))) >= 0.999
     got = exported_int8(x)
     agreement = float(jnp.mean(jnp.argmax(got, -1) == jnp.argmax(ref, -1)))
     assert agreement >= 0.999
@@ -113,7 +120,7 @@ def test_symbolic_batch(exported_int8, trained):
 def test_float_dispatch_is_exact_fake_quant(trained):
     model, variables, recipe, cstate, ds = trained
     ex = jc.export.int8(model, variables, recipe, cstate, ds.x_test[:32], dispatch="float")
-    ref = fake_quant_reference(model, {"params": recipe.apply(variables["params"], cstate)}, ds.x_test[:32])
+    ref = fake_quantized_model(model, variables, recipe, cstate, ds.x_test[:32])
     np.testing.assert_allclose(ex(ds.x_test[:32]), ref, rtol=1e-5, atol=1e-5)
     assert {v["compute"] for v in ex.report["layers"].values()} == {"float32"}
 
@@ -134,13 +141,14 @@ def test_measured_dispatch_is_reported(trained):
 def test_static_asymmetric_inputs_fold_zero_points_in_int32(signed):
     """Dense and padded Conv with a static asymmetric input grid vs a numpy reference."""
     rng = np.random.default_rng(0)
-    spec = layers.InputSpec(bits=8, signed=signed, dynamic=False, scale=np.float32(0.05), zero_point=np.int32(17))
-    qmin, qmax = (-127, 127) if signed else (0, 255)
+    spec = layers.InputSpec(jc.quant.InputQuant(8, signed, False, np.float32(0.05), np.int32(17)))
+    qmin, qmax = (-128, 127) if signed else (0, 255)
     x = rng.uniform(-1, 3, (4, 6, 6, 3)).astype(np.float32)
     codes = rng.integers(-127, 128, (3, 3, 3, 5)).astype(np.int8)
     scale = rng.uniform(0.01, 0.02, 5).astype(np.float32)
     bias = rng.normal(size=5).astype(np.float32)
-    xq = np.clip(np.round(x / 0.05) + 17, qmin, qmax)
+    inv = np.float32(1) / np.float32(0.05)  # the library's convention: x * (1 / s)
+    xq = np.clip(np.round(x * inv) + 17, qmin, qmax)
     x_deq = (xq - 17) * 0.05  # what the quantized input stands for; padding is real 0.0
     w = codes.astype(np.float64) * scale
     cfg = layers.ConvConfig((3, 3), (1, 1), "SAME", (1, 1), (1, 1), 1)
@@ -159,7 +167,7 @@ def test_static_asymmetric_inputs_fold_zero_points_in_int32(signed):
     got_d = layers.dense(
         jnp.asarray(xd), layers.dense_weights(codes_d, scale[:1].repeat(7), zp_w, None), spec, integer=True
     )
-    xdq = (np.clip(np.round(xd / 0.05) + 17, qmin, qmax) - 17) * 0.05
+    xdq = (np.clip(np.round(xd * inv) + 17, qmin, qmax) - 17) * 0.05
     ref_d = xdq @ ((codes_d.astype(np.float64) - zp_w) * scale[0])
     np.testing.assert_allclose(got_d, ref_d, rtol=1e-5, atol=1e-4)
 
@@ -196,3 +204,47 @@ def test_bad_arguments(trained):
     v = bn_model.init(jax.random.key(0), x)
     with pytest.raises(ValueError, match="inference mode"):
         jc.export.int8(bn_model, v, jc.quant.int8(), jc.quant.int8().init(v["params"]), x, apply_kwargs={"train": True})
+
+
+class WithDenseGeneral(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        x = nn.relu(nn.Dense(16)(x))
+        x = nn.DenseGeneral((2, 4))(x)  # no integer kernel in export: the model's own code runs it
+        return nn.Dense(10)(jnp.reshape(x, (x.shape[0], -1)))
+
+
+@pytest.mark.parametrize("mode", ["dynamic", "static"])
+def test_recipe_activation_quantization_is_exported(mode):
+    model = WithDenseGeneral()
+    x = jax.random.normal(jax.random.key(0), (32, 12))
+    variables = model.init(jax.random.key(1), x)
+    recipe = jc.chain(jc.quant.int8(), jc.quant.activations(8, mode=mode, symmetric=False, outputs=True))
+    cstate = recipe.init(variables["params"])
+    if mode == "static":
+        apply_fn = lambda p, xb: model.apply({"params": p}, xb)
+        cstate = jc.quant.calibrate(apply_fn, recipe.apply(variables["params"], cstate), cstate, [x], method="minmax")
+    ex = jc.export.int8(model, variables, recipe, cstate, x, dispatch="int8")
+    ref = np.asarray(fake_quantized_model(model, variables, recipe, cstate, x))
+    got = np.asarray(ex(x))
+    # Integer accumulation is exact, float accumulation rounds: a value on an output rounding
+    # boundary may land one step of the output grid away. Anything else must agree.
+    step = (ref.max() - min(ref.min(), 0.0)) / 255
+    off = ~np.isclose(got, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
+    assert off.mean() <= 0.01
+    assert np.abs(got - ref).max() <= 1.01 * step
+    layers_report = ex.report["layers"]
+    assert layers_report["DenseGeneral_0"]["compute"] == "the model's own code"
+    assert layers_report["Dense_0"]["input_quantization"] == f"{mode} asymmetric int8"
+    assert layers_report["Dense_0"]["output_quantization"] == f"{mode} asymmetric int8"
+    assert ex.report["notes"] == [
+        "DenseGeneral_0: left to the model's own float code (DenseGeneral layers have no integer kernel yet)"
+    ]
+
+
+def test_report_names_layers_whose_inputs_the_recipe_left_in_float(trained):
+    model, variables, _, _, ds = trained
+    recipe = jc.quant.int8()
+    ex = jc.export.int8(model, variables, recipe, recipe.init(variables["params"]), ds.x_test[:8], dispatch="int8")
+    (note,) = ex.report["notes"]
+    assert "Conv_0, Conv_1, Dense_0, Dense_1 in float" in note and "dynamically to int8" in note

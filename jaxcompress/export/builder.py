@@ -15,6 +15,8 @@ import numpy as np
 from jaxcompress import core
 from jaxcompress import paths as paths_lib
 from jaxcompress.export import artifact, layers, program, structured
+from jaxcompress.quant import activation as activation_lib
+from jaxcompress.quant.activation import InputQuant
 
 __all__ = ["Exported", "int8"]
 
@@ -53,7 +55,7 @@ def int8(
     example: jax.typing.ArrayLike,
     *,
     apply_kwargs: Mapping[str, Any] | None = None,
-    activations: str | Mapping[str, layers.InputSpec] = "dynamic",
+    activations: str | Mapping[str, InputQuant] = "auto",
     dispatch: str | Mapping[str, str] = "measure",
     remove_pruned_channels: bool = True,
     platforms: tuple[str, ...] | None = None,
@@ -79,8 +81,12 @@ def int8(
         batch dimension is symbolic).
       apply_kwargs: extra keyword arguments of ``model.apply`` for inference
         (e.g. ``{"train": False}``).
-      activations: ``"dynamic"`` (per-call symmetric int8 scale from ``max|x|``)
-        or ``{module_path: InputSpec}`` with static calibrated scales.
+      activations: ``"auto"``: each layer's input (and output) quantized exactly
+        as the recipe's activation quantization does it
+        (:func:`jaxcompress.quant.input_quantization`); integer layers whose
+        inputs the recipe leaves in float quantize them dynamically to int8
+        (the report notes which). ``"dynamic"``: every integer layer quantizes
+        its input per call to symmetric int8. Or ``{module_path: InputQuant}``.
       dispatch: ``"measure"`` (time each layer both ways on this backend and
         keep the faster), ``"int8"``, ``"float"``, or ``{module_path: choice}``.
       remove_pruned_channels: physically remove all-zero output channels and
@@ -108,21 +114,34 @@ def int8(
                 f"`apply_kwargs` that make it use running averages (e.g. {{'train': False}})."
             )
 
+    in_specs, out_specs = _activation_specs(activations, cstate)
     plans, weights, candidates, notes = {}, {}, {}, []
+    unquantized_inputs = []
     seen = set()
     for call in calls:
-        if call.path in seen or not isinstance(call.module, (nn.Dense, nn.Conv)):
+        if call.path in seen or isinstance(call.module, nn.BatchNorm):
             continue
         seen.add(call.path)
         iw = integer.get(f"{call.path}/kernel")
-        if iw is None:
+        out_spec = layers.InputSpec(out_specs[call.path]) if call.path in out_specs else None
+        plan, reason = (None, "") if iw is None else _plan_for(call)
+        if plan is not None:
+            if call.path not in in_specs:
+                unquantized_inputs.append(call.path)
+            spec = layers.InputSpec(in_specs.get(call.path, layers.DYNAMIC_INT8))
+            plans[call.path] = plan._replace(spec=spec, out_spec=out_spec)
+            candidates[call.path] = _layer_weights(call, iw, compressed)
             continue
-        plan, reason = _plan_for(call, activations)
-        if plan is None:
+        if reason:
             notes.append(f"{call.path}: left to the model's own float code ({reason})")
-            continue
-        plans[call.path] = plan
-        candidates[call.path] = _layer_weights(call, iw, compressed)
+        if call.path in in_specs or out_spec is not None:  # fake-quantize around the model's own code
+            spec = layers.InputSpec(in_specs[call.path]) if call.path in in_specs else None
+            plans[call.path] = program.LayerPlan("module", False, spec, None, out_spec)
+    if unquantized_inputs and activations == "auto":
+        notes.append(
+            "the recipe leaves the inputs of " + ", ".join(unquantized_inputs) + " in float; their integer "
+            "layers quantize them dynamically to int8 (add jc.quant.activations(...) to the recipe to train for it)"
+        )
 
     for bn_path, producer in program.batchnorm_pairs(calls).items():
         if producer in plans:
@@ -142,7 +161,7 @@ def int8(
     )
     timings = {}
     for path, plan in list(plans.items()):
-        if plan.kind == "identity":
+        if plan.kind not in ("dense", "conv"):
             continue
         choice = dispatch.get(path, "measure") if isinstance(dispatch, Mapping) else dispatch
         if "int8" not in candidates[path].candidates:
@@ -153,7 +172,7 @@ def int8(
         plans[path] = plan._replace(integer=choice == "int8")
         weights[path] = candidates[path].candidates["int8" if choice == "int8" else "float"]
 
-    variables_left = _without(float_vars, plans)
+    variables_left = _without(float_vars, [p for p, pl in plans.items() if pl.kind != "module"])
     fn = program.Program(model, plans, apply_kwargs)
     args = jax.tree.map(_canonical, {"layers": weights, "variables": variables_left})
     x_spec = jax.ShapeDtypeStruct((*jax.export.symbolic_shape("b"), *example.shape[1:]), example.dtype)
@@ -172,10 +191,11 @@ def int8(
         "layers": {
             p: {
                 "kind": plan.kind,
-                "compute": "identity (folded into its producer)"
-                if plan.kind == "identity"
-                else ("int8" if plan.integer else "float32"),
-                "input_quantization": None if plan.spec is None else ("dynamic" if plan.spec.dynamic else "static"),
+                "compute": {"identity": "identity (folded into its producer)", "module": "the model's own code"}.get(
+                    plan.kind, "int8" if plan.integer else "float32"
+                ),
+                "input_quantization": _describe_quant(plan.spec),
+                "output_quantization": _describe_quant(plan.out_spec),
                 **({k: round(v * 1e6, 1) for k, v in timings[p].items()} if p in timings else {}),
             }
             for p, plan in plans.items()
@@ -206,21 +226,33 @@ def _check_inputs(model, variables, recipe, example, dispatch, activations) -> N
     for c in choices:
         if c not in _CHOICES:
             raise ValueError(f"`dispatch` values must be one of {_CHOICES}, got {c!r}.")
-    if not (activations == "dynamic" or isinstance(activations, Mapping)):
-        raise ValueError(f"`activations` must be 'dynamic' or {{module_path: InputSpec}}, got {activations!r}.")
+    if not (activations in ("auto", "dynamic") or isinstance(activations, Mapping)):
+        raise ValueError(
+            f"`activations` must be 'auto', 'dynamic' or {{module_path: InputQuant}}, got {activations!r}."
+        )
 
 
-def _plan_for(call, activations) -> tuple[program.LayerPlan | None, str]:
-    """How a Dense/Conv call is run, or None (left to the model) with the reason."""
-    spec = activations.get(call.path, layers.InputSpec()) if isinstance(activations, Mapping) else layers.InputSpec()
+def _activation_specs(activations, cstate) -> tuple[dict[str, InputQuant], dict[str, InputQuant]]:
+    """``(inputs, outputs)``: how each module's input and output are quantized, by module path."""
+    if isinstance(activations, Mapping):
+        return dict(activations), {}
+    if activations == "dynamic":
+        return {}, {}
+    return activation_lib.input_quantization(cstate), activation_lib.output_quantization(cstate)
+
+
+def _plan_for(call) -> tuple[program.LayerPlan | None, str]:
+    """How a Dense/Conv call with quantized weights is run, or None (left to the model) and why."""
     if isinstance(call.module, nn.Dense):
         if call.module.dot_general is not None or call.module.dot_general_cls is not None:
             return None, "custom dot_general"
-        return program.LayerPlan("dense", True, spec), ""
-    cfg = layers.conv_config(call.module)
-    if cfg is None:
-        return None, "unsupported Conv configuration (padding mode, unshared weights or mask)"
-    return program.LayerPlan("conv", True, spec, cfg), ""
+        return program.LayerPlan("dense", True), ""
+    if isinstance(call.module, nn.Conv):
+        cfg = layers.conv_config(call.module)
+        if cfg is None:
+            return None, "unsupported Conv configuration (padding mode, unshared weights or mask)"
+        return program.LayerPlan("conv", True, None, cfg), ""
+    return None, f"{type(call.module).__name__} layers have no integer kernel yet"
 
 
 class _Layer:
@@ -316,8 +348,8 @@ def _measure(plan: program.LayerPlan, candidates: dict, x) -> dict[str, float]:
     return {"int8_s": float(np.median(int8_s)), "float_s": float(np.median(float_s))}
 
 
-def _without(variables: Mapping[str, Any], plans: Mapping[str, program.LayerPlan]) -> dict:
-    """Variables minus the params (and batch stats) of planned modules: the program never reads them."""
+def _without(variables: Mapping[str, Any], plans: list[str]) -> dict:
+    """Variables minus the params (and batch stats) of the modules the program replaces: it never reads them."""
     out = copy.copy(dict(variables))
     for collection in list(out):
         tree = copy.deepcopy(jax.tree.map(lambda a: a, out[collection]))
@@ -419,8 +451,8 @@ def _remove_channels(model, float_vars, example, apply_kwargs, plans, candidates
     )
     if why is None:
         for p, consts in removal.constants.items():  # keep each dynamic input scale on the unreduced grid
-            if plans[p].spec is not None and plans[p].spec.dynamic:
-                plans[p] = plans[p]._replace(spec=plans[p].spec._replace(amax_floor=consts.floor))
+            if plans[p].spec is not None and plans[p].spec.quant.dynamic:
+                plans[p] = plans[p]._replace(spec=plans[p].spec._replace(floor=consts.floor))
         return removal
     for p, (cands, codes, scale, zp) in saved.items():
         layer = candidates[p]
@@ -437,6 +469,15 @@ def _canonical(a: Any) -> np.ndarray:
     """A numpy array in the dtype JAX will give it (int64 -> int32 without x64)."""
     a = np.asarray(a)
     return a.astype(jax.dtypes.canonicalize_dtype(a.dtype), copy=False)
+
+
+def _describe_quant(spec: layers.InputSpec | None) -> str | None:
+    if spec is None:
+        return None
+    q = spec.quant
+    kind = "dynamic" if q.dynamic else "static"
+    grid = ("symmetric" if q.symmetric else "asymmetric") + (" int" if q.signed else " uint")
+    return f"{kind} {grid}{q.bits}"
 
 
 def _describe(cstate: Any) -> str:

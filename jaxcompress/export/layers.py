@@ -28,48 +28,59 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-__all__ = ["ConvConfig", "InputSpec", "conv", "dense", "quantize_input"]
+from jaxcompress.quant import affine as affine_lib
+from jaxcompress.quant.activation import InputQuant
+
+__all__ = ["DYNAMIC_INT8", "ConvConfig", "InputSpec", "conv", "dense", "fake_quantize_input", "quantize_input"]
+
+
+DYNAMIC_INT8 = InputQuant(8, True, True, None, None, True)
+"""The default input quantization: per-call symmetric int8 from ``max|x|``."""
 
 
 class InputSpec(NamedTuple):
-    """How a layer's input is quantized: ``q = clip(round(x / scale) + zero_point, qmin, qmax)``."""
+    """How the program quantizes a layer input: the recipe's ``InputQuant``, plus a range floor.
 
-    bits: int = 8
-    signed: bool = True
-    dynamic: bool = True  # scale from max|x| of each call (symmetric); else the static scale below
-    scale: Any = None  # float32 scalar, static only
-    zero_point: Any = None  # int32 scalar, static asymmetric only
-    amax_floor: float = 0.0  # dynamic only: max|x| of inputs removed from this layer (structured export)
+    ``floor`` is ``(lo, hi)`` of the constant inputs removed from this layer by
+    structured export; a dynamic range stretches over it, so the quantization
+    grid stays that of the unreduced layer.
+    """
 
-
-def _qrange(bits: int, signed: bool) -> tuple[int, int]:
-    return (-(2 ** (bits - 1)) + 1, 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
+    quant: InputQuant = DYNAMIC_INT8
+    floor: tuple[float, float] | None = None
 
 
 def input_scale(x: jax.Array, spec: InputSpec) -> tuple[jax.Array, jax.Array | None]:
-    """The float32 scale and int32 zero point (or None) ``x`` is quantized with."""
-    if spec.dynamic:
-        qmax = _qrange(spec.bits, spec.signed)[1]
-        amax = jnp.maximum(jnp.max(jnp.abs(x.astype(jnp.float32))), jnp.float32(spec.amax_floor))
-        return jnp.where(amax > 0, amax / qmax, 1.0).astype(jnp.float32), None
-    zp = None if spec.zero_point is None else jnp.asarray(spec.zero_point, jnp.int32)
-    return jnp.asarray(spec.scale, jnp.float32), zp
+    """Scale (float32) and zero point (int32 or None) of ``x``, as ``jc.quant.quantize_input`` computes them."""
+    q = spec.quant
+    if not q.dynamic:
+        zp = None if q.zero_point is None else jnp.asarray(q.zero_point, jnp.int32)
+        return jnp.asarray(q.scale, jnp.float32), zp
+    x32 = x.astype(jnp.float32)
+    lo_floor, hi_floor = spec.floor if spec.floor is not None else (0.0, 0.0)
+    if q.symmetric and q.signed:
+        amax = jnp.maximum(jnp.max(jnp.abs(x32)), jnp.float32(max(abs(lo_floor), abs(hi_floor))))
+        lo, hi = -amax, amax
+    else:
+        lo = jnp.minimum(jnp.min(x32), jnp.float32(lo_floor)) if spec.floor is not None else jnp.min(x32)
+        hi = jnp.maximum(jnp.max(x32), jnp.float32(hi_floor)) if spec.floor is not None else jnp.max(x32)
+    return affine_lib.affine_params(lo, hi, q.bits, symmetric=q.symmetric, signed=q.signed)
 
 
 def quantize_with(x: jax.Array, spec: InputSpec, scale: jax.Array, zp: jax.Array | None):
     """int8 codes of ``x`` at a given scale / zero point, and the (int8-shifted) zero point.
 
-    Unsigned 8-bit codes ``[0, 255]`` are shifted by -128 into int8 (the zero
-    point shifts with them), so every matmul runs int8 x int8.
+    The codes are those of ``jc.quant.quantize_input``; unsigned 8-bit codes
+    ``[0, 255]`` are shifted by -128 into int8 (the zero point shifts with
+    them), so every matmul runs int8 x int8.
     """
-    qmin, qmax = _qrange(spec.bits, spec.signed)
-    if spec.dynamic:
-        qmin = -qmax
-    q = jnp.round(x.astype(jnp.float32) / scale)
+    q_spec = spec.quant
+    qmin, qmax = affine_lib.int_range(q_spec.bits, signed=q_spec.signed)
+    q = jnp.round(x.astype(jnp.float32) * affine_lib.reciprocal(scale))
     if zp is not None:
         q = q + zp.astype(jnp.float32)
-    q = jnp.clip(q, qmin, qmax)
-    if not spec.signed and spec.bits == 8:
+    q = jnp.clip(q, jnp.float32(qmin), jnp.float32(qmax))
+    if not q_spec.signed and q_spec.bits == 8:
         q = q - 128.0
         zp = (zp if zp is not None else jnp.int32(0)) - 128
     return q.astype(jnp.int8), zp
@@ -90,7 +101,7 @@ def _dequantize(q: jax.Array, scale: jax.Array, zp: jax.Array | None) -> jax.Arr
 
 
 def fake_quantize_input(x: jax.Array, spec: InputSpec | None) -> jax.Array:
-    """``(q - zp) * scale`` in float32: what the float path sees."""
+    """``(q - zp) * scale`` in float32: what the fake-quantized model computes with."""
     if spec is None:
         return x.astype(jnp.float32)
     q, scale, zp = quantize_input(x, spec)

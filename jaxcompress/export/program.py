@@ -26,10 +26,11 @@ __all__ = ["LayerPlan", "Program", "probe_calls"]
 class LayerPlan(NamedTuple):
     """How one module call is executed in the exported program."""
 
-    kind: str  # "dense" | "conv" | "identity" (a BatchNorm folded into its producer)
+    kind: str  # "dense" | "conv" | "identity" (a folded BatchNorm) | "module" (the model's own code)
     integer: bool = True  # int8 x int8 -> int32 (else float with dequantized weights)
     spec: layers.InputSpec | None = None  # input quantization (None: float input)
     conv: layers.ConvConfig | None = None
+    out_spec: layers.InputSpec | None = None  # output fake quantization (None: none)
 
 
 class Program(NamedTuple):
@@ -56,12 +57,21 @@ class Program(NamedTuple):
             inputs = args[0]
             if plan.kind == "identity":
                 return inputs
-            if record is not None:
-                record[path] = inputs
-            w = layer_weights[path]
-            if plan.kind == "dense":
-                return layers.dense(inputs, w, plan.spec, integer=plan.integer)
-            return layers.conv(inputs, w, plan.spec, plan.conv, integer=plan.integer)
+            if plan.kind == "module":
+                if plan.spec is not None:
+                    args = (layers.fake_quantize_input(inputs, plan.spec).astype(inputs.dtype), *args[1:])
+                out = next_fun(*args, **kwargs)
+            else:
+                if record is not None:
+                    record[path] = inputs
+                w = layer_weights[path]
+                if plan.kind == "dense":
+                    out = layers.dense(inputs, w, plan.spec, integer=plan.integer)
+                else:
+                    out = layers.conv(inputs, w, plan.spec, plan.conv, integer=plan.integer)
+            if plan.out_spec is not None:
+                out = layers.fake_quantize_input(out, plan.out_spec).astype(out.dtype)
+            return out
 
         with nn.intercept_methods(interceptor):
             return self.model.apply(weights["variables"], x, **self.apply_kwargs)
@@ -78,12 +88,12 @@ class Call(NamedTuple):
 
 
 def probe_calls(model: nn.Module, variables: Any, x: Any, apply_kwargs: dict[str, Any]) -> list[Call]:
-    """Runs the model eagerly and records every Dense/Conv/BatchNorm ``__call__`` in order."""
+    """Runs the model eagerly and records every submodule ``__call__`` in order."""
     calls: list[Call] = []
 
     def interceptor(next_fun, args, kwargs, context):
         out = next_fun(*args, **kwargs)
-        if context.method_name == "__call__" and isinstance(context.module, (nn.Dense, nn.Conv, nn.BatchNorm)):
+        if context.method_name == "__call__" and context.module.path:
             path = "/".join(context.module.path)
             calls.append(Call(path, context.module, args[0] if args else None, dict(kwargs), out))
         return out

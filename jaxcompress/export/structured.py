@@ -56,9 +56,9 @@ class Constants(NamedTuple):
     members: list[np.ndarray]  # per value: removed input features (Dense) / channels (Conv) holding it
 
     @property
-    def floor(self) -> float:
-        """max |value|: the floor of the consumer's dynamic input scale."""
-        return float(np.max(np.abs(self.values), initial=0.0))
+    def floor(self) -> tuple[float, float]:
+        """``(min, max)`` of the values (and 0): a dynamic input range must still span them."""
+        return float(min(0.0, np.min(self.values, initial=0.0))), float(max(0.0, np.max(self.values, initial=0.0)))
 
 
 def dead_channels(weights: dict[str, np.ndarray]) -> np.ndarray:
@@ -76,8 +76,10 @@ def _run(model, variables, x, apply_kwargs, plans, float_weights, hook) -> tuple
             return next_fun(*args, **kwargs)
         path = "/".join(context.module.path)
         plan = plans.get(path)
-        if plan is None or plan.kind == "identity":
-            return next_fun(*args, **kwargs) if plan is None else args[0]
+        if plan is None or plan.kind == "module":
+            return next_fun(*args, **kwargs)
+        if plan.kind == "identity":
+            return args[0]
         seen[path] = args[0]
         inputs = hook.replay(path, args[0])
         w = float_weights[path]
@@ -134,7 +136,7 @@ def plan_removal(
     y_ref, recorded = run(_Hook())
     dead = {}
     for path, plan in plans.items():
-        if plan.kind == "identity":
+        if plan.kind not in ("dense", "conv"):
             continue
         d = dead_channels(float_weights[path])
         if len(d) == 0:

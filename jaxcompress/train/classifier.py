@@ -23,20 +23,43 @@ def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
 def make_train_step(apply_fn: ApplyFn, tx: optax.GradientTransformation, recipe: core.Transform | None = None):
     """A jitted ``step(params, opt_state, x, y) -> (params, opt_state, loss)``.
 
-    With a ``recipe``, ``tx`` must come from :func:`jaxcompress.optim.with_compression`
-    and the forward pass runs on ``recipe.apply(params, compression_state)``.
+    With a ``recipe``, ``tx`` must come from :func:`jaxcompress.optim.with_compression`;
+    the forward pass runs on ``recipe.apply(params, compression_state)``, inside
+    :func:`jaxcompress.quant.quantize_activations` when the recipe quantizes
+    activations (their running statistics go back to the optimizer as
+    ``activation_stats``), and the recipe's learned parameters (LSQ, PACT,
+    codebooks) are trained through ``learned_grads``. ``apply_fn`` must be a
+    Flax linen ``apply`` for activation quantization to reach its layers.
     """
+    if recipe is None:
+
+        def plain_loss(params, x, y):
+            return cross_entropy(apply_fn(params, x), y)
+
+        @jax.jit
+        def plain_step(params, opt_state, x, y):
+            loss, grads = jax.value_and_grad(plain_loss)(params, x, y)
+            updates, opt_state = tx.update(grads, opt_state, params)
+            return optax.apply_updates(params, updates), opt_state, loss
+
+        return plain_step
+
+    from jaxcompress import quant
 
     def loss_fn(params, cstate, x, y):
-        if recipe is not None:
-            params = recipe.apply(params, cstate)
-        return cross_entropy(apply_fn(params, x), y)
+        compressed = recipe.apply(params, cstate)
+        if not quant.activation.find_states(cstate):
+            return cross_entropy(apply_fn(compressed, x), y), {}
+        with quant.quantize_activations(cstate) as observed:
+            logits = apply_fn(compressed, x)
+        return cross_entropy(logits, y), observed.ranges
 
     @jax.jit
     def step(params, opt_state, x, y):
-        cstate = optim.compression_state(opt_state) if recipe is not None else None
-        loss, grads = jax.value_and_grad(loss_fn)(params, cstate, x, y)
-        updates, opt_state = tx.update(grads, opt_state, params)
+        cstate = optim.compression_state(opt_state)
+        (loss, ranges), grads, learned_grads = optim.value_and_grad(loss_fn, has_aux=True)(params, cstate, x, y)
+        extra = {"activation_stats": ranges} if ranges else {}
+        updates, opt_state = tx.update(grads, opt_state, params, learned_grads=learned_grads, **extra)
         return optax.apply_updates(params, updates), opt_state, loss
 
     return step
