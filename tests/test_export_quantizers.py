@@ -125,3 +125,43 @@ def test_grouped_layers_keep_their_input_width(setup):
     ex = jc.export.int8(model, {"params": params}, recipe, state, x, dispatch="int8", activations="dynamic")
     (note,) = ex.report["notes"]
     assert note.startswith("Conv_0: 2 dead channels kept") and "per-group scales" in note
+
+
+class MLP(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        x = nn.relu(nn.Dense(32)(x))
+        return nn.Dense(10)(x)
+
+
+LIBRARY_QUANTIZERS = {  # name: (factory, bits)
+    "uint8-asymmetric": (lambda: jc.quant.uniform(8, signed=False, symmetric=False), 8),
+    "uint4-asymmetric": (lambda: jc.quant.uniform(4, signed=False, symmetric=False), 4),
+    "uint8-symmetric": (lambda: jc.quant.uniform(8, signed=False), 8),
+    "int8-asymmetric": (lambda: jc.quant.uniform(8, symmetric=False), 8),
+    "int4-group16": (lambda: jc.quant.uniform(4, granularity=jc.quant.per_group(16)), 4),
+    "lsq4": (lambda: jc.quant.lsq(4), 4),
+    "log2-4": (lambda: jc.quant.log2(4), 4),
+    "kmeans2": (lambda: jc.quant.kmeans(2), 2),
+}
+
+
+@pytest.mark.parametrize("name", sorted(LIBRARY_QUANTIZERS))
+def test_library_quantizers_export_faithfully(name, tmp_path):
+    model = MLP()
+    x = jax.random.normal(jax.random.key(0), (16, 32))
+    variables = model.init(jax.random.key(1), x)
+    factory, bits = LIBRARY_QUANTIZERS[name]
+    recipe = jc.chain(jc.prune.magnitude(0.5), factory())
+    cstate = recipe.update(variables["params"], recipe.init(variables["params"]))
+    ex = jc.export.int8(model, variables, recipe, cstate, x, dispatch="int8", activations="dynamic")
+    ref = fake_quant_reference(model, {"params": recipe.apply(variables["params"], cstate)}, x)
+    np.testing.assert_allclose(ex(x), ref, rtol=1e-4, atol=1e-4 * float(jnp.max(jnp.abs(ref))))
+    ex.save(tmp_path / "m.jcx")
+    np.testing.assert_array_equal(jc.export.load(tmp_path / "m.jcx")(x), ex(x))
+    codebook = name.startswith(("log2", "kmeans"))
+    assert {v["compute"] for v in ex.report["layers"].values()} == {"float32" if codebook else "int8"}
+    for path, leaf in ex.report["leaves"].items():
+        if path.endswith(("codes_t", "kernel")):
+            n = variables["params"][path.split("/")[1]]["kernel"].size
+            assert leaf["bytes"] <= n * bits / 8 + 64, (path, leaf)  # never more than `bits` per weight

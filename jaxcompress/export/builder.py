@@ -300,6 +300,11 @@ def _layer_weights(call, iw: core.IntegerWeights, compressed) -> _Layer:
     # The integer candidate exists exactly when the integer path computes these weights.
     dense = isinstance(call.module, nn.Dense)
     zp = None if iw.zero_point is None else np.asarray(iw.zero_point, np.int32)
+    if iw.codebook is None and codes.dtype == np.uint8:
+        # Unsigned codes [0, 2^b) move into the signed b-bit range; the zero point moves with them.
+        shift = 2 ** (iw.bits - 1)
+        codes = (codes.astype(np.int16) - shift).astype(np.int8)
+        zp = (np.zeros(np.shape(iw.scale), np.int32) if zp is None else zp) - shift
     if iw.codebook is not None:
         pass  # no affine form: float compute only
     elif iw.group_size is not None:
@@ -405,7 +410,7 @@ def _derived_kernel(name: str, kernel: np.ndarray, layer: _Layer) -> list:
             (f"{name}.scale", {**smeta, "internal": True}, sblob),
             (name, meta, b""),
         ]
-    signed = iw.zero_point is None or bool(np.min(layer.codes) < 0)
+    signed = layer.codes.dtype != np.uint8  # unsigned quantizers give uint8 codes
     cmeta, cblob = artifact.encode_codes(layer.codes, iw.bits, signed=signed)
     smeta, sblob = artifact.encode_raw(layer.scale)
     entries = [
