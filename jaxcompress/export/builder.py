@@ -381,8 +381,9 @@ def _storage(args: dict, planned: Mapping[str, _Layer]) -> tuple[list, dict]:
             leaves[name] = {"storage": f"int{layer.iw.bits} {meta['encoding']}", "bytes": len(blob)}
         elif layer is not None and parts[-1] == "kernel":
             entries = _derived_kernel(name, value, layer)
+            what = "codebook indices + codebook" if layer.iw.codebook is not None else "codes + float32 scales"
             leaves[name] = {
-                "storage": f"int{layer.iw.bits} codes + float32 scales (float32 kernel rebuilt at load)",
+                "storage": f"int{layer.iw.bits} {what} (float32 kernel rebuilt at load)",
                 "bytes": sum(len(b) for _, _, b in entries),
             }
         else:
