@@ -61,7 +61,14 @@ def pack(mask: jax.Array) -> PackedMask:
     """Packs a boolean mask."""
     shape = tuple(mask.shape)
     rows, cols = _rows_cols(shape)
-    bits = jnp.packbits(jnp.reshape(mask.astype(jnp.bool_), (rows, cols)), axis=0, bitorder="little")
+    keep = jnp.reshape(mask.astype(jnp.bool_), (rows, cols))
+    keep = jnp.pad(keep, ((0, -rows % 8), (0, 0)))
+    # Bit i of byte r holds row 8r + i (little bit order, as jnp.packbits). Eight
+    # strided slices OR-ed together fuse into one loop (jnp.packbits' reduction
+    # over a size-8 axis is about twice as slow on CPU).
+    bits = jnp.zeros((keep.shape[0] // 8, cols), jnp.uint8)
+    for i in range(8):
+        bits = bits | (keep[i::8].astype(jnp.uint8) << i)
     return PackedMask(bits, shape)
 
 
