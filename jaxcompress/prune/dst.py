@@ -26,6 +26,7 @@ from jaxcompress import masks as packed
 from jaxcompress import paths as paths_lib
 from jaxcompress.prune import distributions, threshold
 from jaxcompress.prune.pruner import safe_increment
+from jaxcompress.prune.scores import hash_uniform
 from jaxcompress.prune.ste import apply_straight_through
 
 __all__ = ["RigLState", "SETState", "rigl", "set_"]
@@ -46,6 +47,10 @@ class RigLState(NamedTuple):
 
     count: jax.Array  # shape=(), dtype=int32: updates done so far (saturating)
     masks: dict[str, packed.PackedMask]  # keep-masks of the selected leaves, by path
+
+
+def _salt(seed: int, leaf: int) -> int:
+    return (seed * 1_000_003 + leaf) % 2**32
 
 
 def _lowest_first(keep: jax.Array, scores: jax.Array) -> jax.Array:
@@ -78,7 +83,6 @@ def _dynamic(
         raise ValueError(f"`init_mask` must be one of {_INIT_MASKS}, got {init_mask!r}.")
     seed = _validate.check_int(seed, argument="seed")
     selector = paths_lib.as_selector(rule)
-    key = jax.random.key(seed)
 
     def kept_counts(paths: list[str], flat: Mapping[str, Any]) -> dict[str, int]:
         shapes = [tuple(jnp.shape(flat[p])) for p in paths]
@@ -96,35 +100,39 @@ def _dynamic(
         _validate.check_float_leaves(flat, selected)
         _validate.check_finite_leaves(flat, selected)
         kept = kept_counts(selected, flat)
-        masks = {}
-        for i, p in enumerate(selected):
-            w = flat[p]
-            if init_mask == "random":
-                scores = jax.random.uniform(jax.random.fold_in(key, i), jnp.shape(w))
-            else:
-                scores = jnp.abs(w.astype(jnp.float32))
-            (keep,) = threshold.keep_largest([scores], jnp.size(w) - kept[p])
-            masks[p] = packed.pack(keep)
-        return state_type(jnp.zeros([], jnp.int32), masks)
+        scores = [
+            hash_uniform(tuple(jnp.shape(flat[p])), _salt(seed, i))
+            if init_mask == "random"
+            else jnp.abs(flat[p].astype(jnp.float32))
+            for i, p in enumerate(selected)
+        ]
+        sizes = [math.prod(jnp.shape(flat[p])) for p in selected]
+        keeps = threshold.select([[s] for s in scores], [n - kept[p] for p, n in zip(selected, sizes, strict=True)])
+        return state_type(
+            jnp.zeros([], jnp.int32), {p: packed.pack(k) for p, (k,) in zip(selected, keeps, strict=True)}
+        )
 
     def drop_and_grow(weights, grads, masks, fraction, step):
-        kept = kept_counts(list(masks), weights)
-        new = {}
-        for i, (p, mask) in enumerate(masks.items()):
-            w, keep, size = weights[p], mask.unpack(), math.prod(mask.shape)
-            n_drop = jnp.minimum(jnp.round(fraction * kept[p]).astype(jnp.int32), kept[p])
-            # Drop: keep the kept[p] - n_drop largest |w| among the kept weights.
-            (survive,) = threshold.keep_largest(
-                [_lowest_first(keep, jnp.abs(w.astype(jnp.float32)))], size - kept[p] + n_drop
-            )
-            # Grow: the n_drop best of the others (just-dropped ones included, as in RigL).
-            if grads is None:
-                grow_scores = jax.random.uniform(jax.random.fold_in(jax.random.fold_in(key, step), i), w.shape)
-            else:
-                grow_scores = jnp.abs(grads[p].astype(jnp.float32))
-            (grow,) = threshold.keep_largest([_lowest_first(~survive, grow_scores)], size - n_drop)
-            new[p] = packed.pack(survive | grow)
-        return new
+        paths = list(masks)
+        kept = kept_counts(paths, weights)
+        sizes = [math.prod(masks[p].shape) for p in paths]
+        keep = [masks[p].unpack() for p in paths]
+        n_drop = [jnp.minimum(jnp.round(fraction * kept[p]).astype(jnp.int32), kept[p]) for p in paths]
+        # Drop: each leaf keeps the kept - n_drop largest |w| among its kept weights.
+        survive = threshold.select(
+            [[_lowest_first(k, jnp.abs(weights[p].astype(jnp.float32)))] for p, k in zip(paths, keep, strict=True)],
+            [size - kept[p] + d for p, size, d in zip(paths, sizes, n_drop, strict=True)],
+        )
+        # Grow: the n_drop best of the others (just-dropped ones included, as in RigL).
+        if grads is None:
+            grow_scores = [hash_uniform(masks[p].shape, _salt(seed, i) + step * 7919) for i, p in enumerate(paths)]
+        else:
+            grow_scores = [jnp.abs(grads[p].astype(jnp.float32)) for p in paths]
+        grow = threshold.select(
+            [[_lowest_first(~s, g)] for (s,), g in zip(survive, grow_scores, strict=True)],
+            [size - d for size, d in zip(sizes, n_drop, strict=True)],
+        )
+        return {p: packed.pack(s | g) for p, (s,), (g,) in zip(paths, survive, grow, strict=True)}
 
     def update(params: Any, state, grads: Any = None, **extra_args):
         del extra_args

@@ -147,28 +147,30 @@ def pruner(
         leaf_scores = []
         for i, p in enumerate(paths):
             g = grads[p] if grads is not None else None
-            key = jax.random.fold_in(jax.random.key(seed), i)
-            leaf_scores.append(structure.unit_scores(score(weights[p], g, sums.get(p), key)))
+            salt = (seed * 1_000_003 + i) % 2**32
+            leaf_scores.append(structure.unit_scores(score(weights[p], g, sums.get(p), salt)))
         units = [structure.num_units(s) for s in shapes]
+        fixed_at = [fixed.get(p) for p in paths]
+        per_leaf = distributions.layer_sparsities(
+            "uniform" if scope == "global" else distribution, shapes, fixed_at, target, final
+        )
+        # One batched selection: one group per leaf, or (global) one group of all
+        # leaves without an override plus one group per overridden leaf.
         if scope == "global":
-            free = [i for i, p in enumerate(paths) if p not in fixed]
-            keeps: list[Any] = [None] * len(paths)
-            if free:
-                n = structure.count(target, sum(units[i] for i in free))
-                for i, keep in zip(free, structure.select([leaf_scores[i] for i in free], n), strict=True):
-                    keeps[i] = keep
-            per_leaf = distributions.layer_sparsities("uniform", shapes, [fixed.get(p) for p in paths], target, final)
-            for i, p in enumerate(paths):
-                if p in fixed:
-                    (keeps[i],) = structure.select([leaf_scores[i]], structure.count(per_leaf[i], units[i]))
-        else:
-            per_leaf = distributions.layer_sparsities(
-                distribution, shapes, [fixed.get(p) for p in paths], target, final
-            )
-            keeps = [
-                structure.select([s], structure.count(sl, u))[0]
-                for s, sl, u in zip(leaf_scores, per_leaf, units, strict=True)
+            free = [i for i, f in enumerate(fixed_at) if f is None]
+            own = [i for i, f in enumerate(fixed_at) if f is not None]
+            members = ([free] if free else []) + [[i] for i in own]
+            counts = ([structure.count(target, sum(units[i] for i in free))] if free else []) + [
+                structure.count(per_leaf[i], units[i]) for i in own
             ]
+        else:
+            members = [[i] for i in range(len(paths))]
+            counts = [structure.count(s, u) for s, u in zip(per_leaf, units, strict=True)]
+        chosen = structure.select([[leaf_scores[i] for i in group] for group in members], counts)
+        keeps: list[Any] = [None] * len(paths)
+        for group, group_keeps in zip(members, chosen, strict=True):
+            for i, keep in zip(group, group_keeps, strict=True):
+                keeps[i] = keep
         return {p: packed.pack(structure.expand(k, sh)) for p, k, sh in zip(paths, keeps, shapes, strict=True)}
 
     def update(params: Any, state, grads: Any = None, **extra_args):

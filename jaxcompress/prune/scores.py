@@ -22,7 +22,26 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-__all__ = ["SCORES", "Score", "as_score"]
+__all__ = ["SCORES", "Score", "as_score", "hash_uniform"]
+
+
+def hash_uniform(shape: tuple[int, ...], salt: jax.typing.ArrayLike) -> jax.Array:
+    """Uniform ``[0, 1)`` float32 noise of ``shape``: a 32-bit integer hash of (flat index, salt).
+
+    Deterministic, the same however the array is sharded (each entry hashes
+    its own row-major index), and far cheaper to compile and run than a
+    counter-based PRNG, which pruning scores do not need.
+    """
+    x = jnp.zeros(shape, jnp.uint32)
+    stride = 1
+    for axis in reversed(range(len(shape))):
+        x = x + jax.lax.broadcasted_iota(jnp.uint32, shape, axis) * jnp.uint32(stride % 2**32)
+        stride *= shape[axis]
+    x = x * jnp.uint32(0x9E3779B9) + jnp.asarray(salt, jnp.uint32) * jnp.uint32(0x632BE5AB)
+    for shift, multiplier in ((16, 0x7FEB352D), (15, 0x846CA68B)):  # "lowbias32" finalizer
+        x = (x ^ (x >> shift)) * jnp.uint32(multiplier)
+    x = x ^ (x >> 16)
+    return (x >> 8).astype(jnp.float32) * jnp.float32(2.0**-24)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,25 +67,25 @@ class Score:
         del w, g
         return total
 
-    def __call__(self, w: jax.Array, g: jax.Array | None, total: jax.Array | None, key: jax.Array) -> jax.Array:
-        """The float32 score of every entry of ``w``."""
+    def __call__(self, w: jax.Array, g: jax.Array | None, total: jax.Array | None, salt: int) -> jax.Array:
+        """The float32 score of every entry of ``w`` (``salt``: seed and leaf, for random scores)."""
         raise NotImplementedError
 
 
 class _Magnitude(Score):
-    def __call__(self, w, g, total, key):
+    def __call__(self, w, g, total, salt):
         return jnp.abs(w.astype(jnp.float32))
 
 
 class _Random(Score):
-    def __call__(self, w, g, total, key):
-        # Fixed per weight (the key does not depend on the step): masks of
+    def __call__(self, w, g, total, salt):
+        # Fixed per weight (the salt does not depend on the step): masks of
         # growing sparsity are nested, so gradual random pruning never regrows.
-        return jax.random.uniform(key, jnp.shape(w), jnp.float32)
+        return hash_uniform(tuple(jnp.shape(w)), salt)
 
 
 class _Saliency(Score):
-    def __call__(self, w, g, total, key):
+    def __call__(self, w, g, total, salt):
         return jnp.abs(w.astype(jnp.float32) * g.astype(jnp.float32))
 
 
@@ -75,7 +94,7 @@ class _Movement(Score):
         step = -(w.astype(jnp.float32) * g.astype(jnp.float32))
         return (total.astype(jnp.float32) + step).astype(total.dtype)
 
-    def __call__(self, w, g, total, key):
+    def __call__(self, w, g, total, salt):
         return total.astype(jnp.float32)
 
 

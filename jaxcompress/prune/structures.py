@@ -62,9 +62,12 @@ class Structure:
         """Units to prune at ``sparsity``."""
         return n_prune(sparsity, units)
 
-    def select(self, unit_scores: list[jax.Array], n: jax.Array) -> list[jax.Array]:
-        """Keep-masks pruning exactly ``n`` lowest-scoring units over ``unit_scores``."""
-        return threshold.keep_largest(unit_scores, n)
+    def select(self, groups: list[list[jax.Array]], counts: list[jax.Array]) -> list[list[jax.Array]]:
+        """Per group of unit-score arrays, keep-masks pruning exactly ``counts[g]`` lowest units.
+
+        All groups are selected by one batched search (see :func:`threshold.select`).
+        """
+        return threshold.select(groups, counts)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -182,22 +185,25 @@ class NM(Structure):
         share = jnp.clip(sparsity / jnp.float32(final), 0.0, 1.0)
         return jnp.round(share * ((self.m - self.n) * groups)).astype(jnp.int32)
 
-    def select(self, unit_scores, n):
-        (scores,) = unit_scores
-        axis = self.axis % scores.ndim
-        moved = jnp.moveaxis(scores, axis, -1)
-        groups = jnp.reshape(moved, (*moved.shape[:-1], moved.shape[-1] // self.m, self.m))
-        n_groups = math.prod(groups.shape[:-1])
-        # Rank of each weight in its group (0 = lowest; ties by position), by pairwise comparison.
-        a, b = groups[..., :, None], groups[..., None, :]
-        before = jnp.arange(self.m)[None, :] < jnp.arange(self.m)[:, None]
-        before = jnp.reshape(before, (1,) * (groups.ndim - 1) + before.shape)
-        rank = jnp.sum((b < a) | ((b == a) & before), axis=-1, dtype=jnp.int32)
-        each = n // n_groups
-        extra = n - each * n_groups
-        # Groups that prune one more: those whose next candidate scores lowest.
-        candidate = jnp.sum(jnp.where(rank == jnp.minimum(each, self.m - 1), groups, 0.0), axis=-1)
-        (spared,) = threshold.keep_largest([candidate], extra)
-        prune = rank < each + jnp.where(spared, 0, 1)[..., None]
-        keep = jnp.reshape(~prune, moved.shape)
-        return [jnp.moveaxis(keep, -1, axis)]
+    def select(self, groups, counts):
+        plans = []
+        for (scores,), n in zip(groups, counts, strict=True):
+            axis = self.axis % scores.ndim
+            moved = jnp.moveaxis(scores, axis, -1)
+            grouped = jnp.reshape(moved, (*moved.shape[:-1], moved.shape[-1] // self.m, self.m))
+            n_groups = math.prod(grouped.shape[:-1])
+            # Rank of each weight in its group (0 = lowest; ties by position), by pairwise comparison.
+            a, b = grouped[..., :, None], grouped[..., None, :]
+            before = jnp.arange(self.m)[None, :] < jnp.arange(self.m)[:, None]
+            before = jnp.reshape(before, (1,) * (grouped.ndim - 1) + before.shape)
+            rank = jnp.sum((b < a) | ((b == a) & before), axis=-1, dtype=jnp.int32)
+            each = n // n_groups
+            # The groups that prune one more are those whose next candidate scores lowest.
+            candidate = jnp.sum(jnp.where(rank == jnp.minimum(each, self.m - 1), grouped, 0.0), axis=-1)
+            plans.append((axis, moved.shape, rank, each, candidate, n - each * n_groups))
+        spared = threshold.select([[plan[4]] for plan in plans], [plan[5] for plan in plans])
+        keeps = []
+        for (axis, shape, rank, each, _, _), (spare,) in zip(plans, spared, strict=True):
+            prune = rank < each + jnp.where(spare, 0, 1)[..., None]
+            keeps.append([jnp.moveaxis(jnp.reshape(~prune, shape), -1, axis)])
+        return keeps

@@ -2,19 +2,24 @@
 
 Scores are mapped to ``uint32`` keys whose integer order is the float order.
 The k-th smallest key ``t`` is found by a search that only ever *counts*: each
-pass over the data counts the keys at or below three pivots and takes the
-smallest and largest key of the current bracket ``[lo, hi]`` (one fused
-variadic reduction per array, no sort, no gather, no cumulative sum). Pivots
-are placed by interpolating the counts, so a pass typically shrinks the
-bracket from ``m`` keys to a few ``sqrt(m)``; a pass whose guess missed falls
-back to quartiles, so the search always ends (at most about 64 passes; 6 to 10
-on trained weights). Entries strictly below ``t`` are pruned, then ties at
-``t`` in index order until exactly ``k`` are gone.
+pass over the data counts the keys at or below a few pivots and takes the
+smallest and largest key of the current bracket ``[lo, hi]``, in one fused
+variadic reduction per array (no sort, no gather, no cumulative sum). Pivots
+are placed by interpolating the counts in value space, so a pass typically
+shrinks a bracket of ``m`` keys to a few ``sqrt(m)``; after a miss (or once a
+search runs long) they split the key range evenly, so every search ends within
+``_GUESS_PASSES + 14`` passes (8 to 11 on trained weights). Entries strictly
+below ``t`` are pruned, then ties at ``t`` in index order until exactly ``k``
+are gone.
 
-Every pass reduces each array to a few scalars, so on a sharded model (or
-over many leaves, for a global threshold) the only cross-device traffic is a
-handful of scalar all-reduces per pass: no array is ever gathered, reshaped
-across shards or scanned.
+Many selections run as one batched search (:func:`select`): each *group* of
+arrays (one leaf for a layer-wise threshold, all leaves for a global one) has
+its own bracket, and one loop advances all of them, so a model with hundreds
+of layers compiles one loop, not hundreds.
+
+Every pass reduces each array to a few scalars, so on a sharded model the
+only cross-device traffic is a handful of scalar all-reduces per pass: no
+array is gathered, reshaped across shards or scanned.
 """
 
 from __future__ import annotations
@@ -27,20 +32,26 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-__all__ = ["keep_largest", "kth_key", "sortable_keys"]
+__all__ = ["keep_largest", "kth_key", "select", "sortable_keys"]
 
 _KEY_MAX = np.uint32(0xFFFFFFFF)
 _PIVOTS = 5  # pivots per pass
-_OFFSETS = np.array([-1.0, -0.25, 0.0, 0.25, 1.0], np.float32)  # around the guess, in units of the spread
-_SPREAD = 4.0  # the spread is _SPREAD / sqrt(m) of the bracket (m keys in it)
-_GUESS_PASSES = 12  # after this many passes, split the key range evenly (at most ~14 more passes)
-_MAX_PASSES = 100  # a safety bound; the search ends long before (bracket at least halves every other pass)
+_OFFSETS = np.array([[-1.0, -0.25, 0.0, 0.25, 1.0]], np.float32)  # around the guess, in units of the spread
+_EVEN = np.arange(1, _PIVOTS + 1, dtype=np.float32)[None, :] / (_PIVOTS + 1)
+_SPREAD = 4.0  # the spread is _SPREAD / sqrt(m) of the bracket (m keys in it), plus its share of the range
+_GUESS_PASSES = 12  # after this many passes, split the key range evenly (a sure shrink by _PIVOTS + 1)
+_MAX_PASSES = 64  # a safety bound, never reached (see the module docstring)
 _MAX_TOTAL = 2**31 - 1  # counts are int32
+
+# Stages of one group's search.
+_SEARCH, _EXTREMES, _TIES, _DONE = 0, 1, 2, 3
 
 
 def sortable_keys(scores: jax.Array) -> jax.Array:
-    """``uint32`` keys with ``key(a) < key(b)`` iff ``a < b`` for floats (NaN highest)."""
-    bits = lax.bitcast_convert_type(scores.astype(jnp.float32), jnp.uint32)
+    """``uint32`` keys with ``key(a) < key(b)`` iff ``a < b`` for floats (``-0.0 == 0.0``, NaN highest)."""
+    scores = scores.astype(jnp.float32)
+    scores = jnp.where(scores == 0, jnp.float32(0), scores)  # one key for both zeros
+    bits = lax.bitcast_convert_type(scores, jnp.uint32)
     negative = (bits >> 31) == 1
     return jnp.where(negative, ~bits, bits | jnp.uint32(0x80000000))
 
@@ -51,132 +62,153 @@ def _key_value(key: jax.Array) -> jax.Array:
     return lax.bitcast_convert_type(bits, jnp.float32)
 
 
-def _sum_min_max(keys: Sequence[jax.Array], pivots: jax.Array, lo: jax.Array, hi: jax.Array):
-    """One pass: ``#{key <= p}`` per pivot, ``min{key >= lo}``, ``max{key <= hi}`` over all arrays.
+def _pass(groups: Sequence[Sequence[jax.Array]], pivots: jax.Array, lo: jax.Array, hi: jax.Array):
+    """One pass over all arrays: per group, ``#{key <= p}`` for its pivots, ``min{key >= lo}``, ``max{key <= hi}``.
 
-    Each array is reduced over all its axes by a single variadic reduction
-    (one loop over the data, whatever the number of outputs). The extremes use
-    wrapping ``uint32`` differences: keys outside ``[lo, hi]`` wrap above
-    ``hi - lo``, so ``min(key - lo)`` and ``min(hi - key)`` need no select
-    (the bracket always holds a key).
+    Each array is reduced over all its axes by one variadic reduction (one
+    loop over the data, whatever the number of outputs; on CPU much faster
+    than separate single-output reductions). The extremes use wrapping
+    ``uint32`` differences: keys outside ``[lo, hi]`` wrap above ``hi - lo``,
+    so ``min(key - lo)`` and ``min(hi - key)`` need no select (a bracket
+    always holds a key).
     """
-    n_piv = pivots.shape[0]
-    outs = []
-    for k in keys:
-        operands = [(k <= pivots[j]).astype(jnp.int32) for j in range(n_piv)] + [k - lo, hi - k]
-        inits = [jnp.int32(0)] * n_piv + [jnp.uint32(_KEY_MAX)] * 2
+    n_piv = pivots.shape[1]
 
-        def combine(a, b):
-            return (
-                *(x + y for x, y in zip(a[:n_piv], b[:n_piv], strict=True)),
-                jnp.minimum(a[n_piv], b[n_piv]),
-                jnp.minimum(a[n_piv + 1], b[n_piv + 1]),
-            )
+    def combine(a, b):
+        sums = tuple(x + y for x, y in zip(a[:n_piv], b[:n_piv], strict=True))
+        return (*sums, jnp.minimum(a[n_piv], b[n_piv]), jnp.minimum(a[n_piv + 1], b[n_piv + 1]))
 
-        outs.append(lax.reduce(tuple(operands), tuple(inits), combine, tuple(range(k.ndim))))
-    counts = jnp.stack([sum(o[j] for o in outs) for j in range(n_piv)]) if n_piv else jnp.zeros([0], jnp.int32)
-    above_lo = jnp.min(jnp.stack([o[n_piv] for o in outs]))
-    below_hi = jnp.min(jnp.stack([o[n_piv + 1] for o in outs]))
-    return counts, lo + above_lo, hi - below_hi
+    counts, above, below = [], [], []
+    for g, keys in enumerate(groups):
+        outs = []
+        for k in keys:
+            operands = [(k <= pivots[g, j]).astype(jnp.int32) for j in range(n_piv)] + [k - lo[g], hi[g] - k]
+            inits = [jnp.int32(0)] * n_piv + [jnp.uint32(_KEY_MAX)] * 2
+            outs.append(lax.reduce(tuple(operands), tuple(inits), combine, tuple(range(k.ndim))))
+        counts.append(
+            jnp.stack([sum(o[j] for o in outs) for j in range(n_piv)]) if n_piv else jnp.zeros([0], jnp.int32)
+        )
+        above.append(jnp.min(jnp.stack([o[n_piv] for o in outs])))
+        below.append(jnp.min(jnp.stack([o[n_piv + 1] for o in outs])))
+    return jnp.stack(counts), lo + jnp.stack(above), hi - jnp.stack(below)
 
 
-def kth_key(keys: Sequence[jax.Array], k: jax.typing.ArrayLike) -> tuple[jax.Array, ...]:
-    """The ``k``-th smallest key (1-based) over all arrays in ``keys``.
+def _pivots(s: dict, k: jax.Array, range_v: jax.Array) -> jax.Array:
+    """``(G, _PIVOTS)`` pivots inside each bracket ``[lo, hi - 1]``."""
+    lo, hi = s["lo"][:, None], s["hi"][:, None]
+    m = (s["ch"] - s["cb"]).astype(jnp.float32)[:, None]
+    guess = ((k - s["cb"]).astype(jnp.float32)[:, None] - 0.5) / m
+    lo_v, hi_v = _key_value(lo), _key_value(hi)
+    # Guess errors: sampling noise ~ 1/sqrt(m), plus the curvature of the
+    # value distribution across the bracket, which shrinks with its share of the range.
+    share = jnp.where(range_v[:, None] > 0, (hi_v - lo_v) / range_v[:, None], 1.0)
+    share = jnp.where(jnp.isfinite(share), share, 1.0)
+    spread = jnp.minimum(0.5, _SPREAD / jnp.sqrt(m) + 1.0 / m + share)
+    # Guesses interpolate values (densities are smooth in value); after a miss,
+    # or once the search runs long, split the key range evenly.
+    guessing = (~s["missed"] & (s["passes"] < _GUESS_PASSES))[:, None]
+    fractions = jnp.clip(jnp.where(guessing, guess + spread * _OFFSETS, _EVEN), 0.0, 1.0)
+    by_value = (guessing | s["first"][:, None]) & jnp.isfinite(hi_v - lo_v)
+    value_pivots = sortable_keys(lo_v + fractions * (hi_v - lo_v))
+    key_pivots = lo + jnp.floor(fractions * (hi - lo).astype(jnp.float32)).astype(jnp.uint32)
+    pivots = jnp.clip(jnp.where(by_value, value_pivots, key_pivots), lo, jnp.maximum(hi, jnp.uint32(1)) - 1)
+    # A group counting its ties probes the answer t and t - 1.
+    t = s["t"][:, None]
+    ties = jnp.concatenate([t, jnp.maximum(t, jnp.uint32(1)) - 1, pivots[:, 2:]], axis=1)
+    return jnp.where((s["stage"] == _TIES)[:, None], ties, pivots)
+
+
+def kth_keys(groups: Sequence[Sequence[jax.Array]], k: jax.Array) -> tuple[jax.Array, ...]:
+    """The ``k[g]``-th smallest key (1-based) over the arrays of each group ``g``.
 
     Args:
-      keys: ``uint32`` arrays of any shapes (see :func:`sortable_keys`).
-      k: rank, ``1 <= k <= total size`` (clamped into that range).
+      groups: ``G`` groups of ``uint32`` key arrays (any shapes; see :func:`sortable_keys`).
+      k: ``(G,)`` ranks, each clamped into ``[1, group size]``.
 
     Returns:
-      ``(t, n_lt, n_le, passes)``: the ``uint32`` key ``t`` with
-      ``n_lt = #{key < t} < k <= #{key <= t} = n_le``, and the number of
-      passes over the data the search took (all int32 but ``t``).
+      ``(t, n_lt, n_le, passes)``: ``(G,)`` keys ``t`` with
+      ``n_lt = #{key < t} < k <= #{key <= t} = n_le`` per group, and the number
+      of passes over the data the search took (int32 scalar).
     """
-    total = sum(math.prod(x.shape) for x in keys)
-    k = jnp.clip(jnp.asarray(k, jnp.int32), 1, total)
-    _, lo, hi = _sum_min_max(keys, jnp.zeros([0], jnp.uint32), jnp.uint32(0), jnp.uint32(_KEY_MAX))
+    sizes = np.array([sum(math.prod(x.shape) for x in keys) for keys in groups], np.int32)
+    n_groups = len(groups)
+    k = jnp.clip(jnp.asarray(k, jnp.int32), 1, sizes)
+    counts0 = jnp.zeros((n_groups, 0), jnp.uint32)
+    _, lo, hi = _pass(groups, counts0, jnp.zeros(n_groups, jnp.uint32), jnp.full(n_groups, _KEY_MAX))
     range_v = _key_value(hi) - _key_value(lo)
-    # Loop state: bracket [lo, hi] holding the answer, cb = #{key < lo}, ch = #{key <= hi}.
+    # Per group: bracket [lo, hi] holding the answer, cb = #{key < lo}, ch = #{key <= hi}.
     init = dict(
         lo=lo,
         hi=hi,
-        cb=jnp.int32(0),
-        ch=jnp.int32(total),
-        first=jnp.bool_(True),
-        missed=jnp.bool_(True),
-        done=lo == hi,
-        result=lo,
-        n_lt=jnp.int32(0),
-        n_le=jnp.int32(total),
+        cb=jnp.zeros(n_groups, jnp.int32),
+        ch=jnp.asarray(sizes),
+        first=jnp.ones(n_groups, jnp.bool_),
+        missed=jnp.ones(n_groups, jnp.bool_),
+        stage=jnp.where(lo == hi, _DONE, _SEARCH),
+        t=lo,
+        n_lt=jnp.zeros(n_groups, jnp.int32),
+        n_le=jnp.asarray(sizes),
         passes=jnp.int32(1),
     )
 
-    def pivots_for(s):
-        m = (s["ch"] - s["cb"]).astype(jnp.float32)
-        guess = ((k - s["cb"]).astype(jnp.float32) - 0.5) / m
-        lo_v, hi_v = _key_value(s["lo"]), _key_value(s["hi"])
-        # Guess errors: sampling noise ~ 1/sqrt(m), plus curvature of the value
-        # distribution across the bracket, which shrinks with its share of the range.
-        share = jnp.where(range_v > 0, (hi_v - lo_v) / range_v, 1.0)
-        share = jnp.where(jnp.isfinite(share), share, 1.0)
-        spread = jnp.minimum(0.5, _SPREAD / jnp.sqrt(m) + 1.0 / m + share)
-        even = jnp.arange(1, _PIVOTS + 1, dtype=jnp.float32) / (_PIVOTS + 1)
-        # Guesses interpolate values (density is smooth in value). After a miss, or
-        # once the search runs long, split the key range evenly: a sure shrink by
-        # _PIVOTS + 1, so the search ends within _GUESS_PASSES + 14 passes.
-        guessing = ~s["missed"] & (s["passes"] < _GUESS_PASSES)
-        fractions = jnp.clip(jnp.where(guessing, guess + spread * _OFFSETS, even), 0.0, 1.0)
-        by_value = guessing | s["first"]
-        value_pivots = sortable_keys(lo_v + fractions * (hi_v - lo_v))
-        width = s["hi"] - s["lo"]
-        key_pivots = s["lo"] + jnp.floor(fractions * width.astype(jnp.float32)).astype(jnp.uint32)
-        pivots = jnp.where(by_value & jnp.isfinite(hi_v - lo_v), value_pivots, key_pivots)
-        return jnp.clip(pivots, s["lo"], s["hi"] - jnp.uint32(1))
-
-    def pivot_pass(s):
-        pivots = pivots_for(s)
-        counts, mn, mx = _sum_min_max(keys, pivots, s["lo"], s["hi"])
-        below = counts < k
-        lo = jnp.maximum(jnp.max(jnp.where(below, pivots + jnp.uint32(1), s["lo"])), mn)
-        cb = jnp.max(jnp.where(below, counts, s["cb"]))
-        hi = jnp.minimum(jnp.min(jnp.where(below, s["hi"], pivots)), mx)
-        ch = jnp.min(jnp.where(below, s["ch"], counts))
-        single = mn == mx  # one distinct key left in the bracket: it is the answer
-        return dict(
-            lo=lo,
-            hi=hi,
-            cb=cb,
-            ch=ch,
-            first=jnp.bool_(False),
-            missed=jnp.all(below) | ~jnp.any(below),
-            done=single | (lo == hi),
-            result=jnp.where(single, mn, lo),
-            n_lt=jnp.where(single, s["cb"], cb),
-            n_le=jnp.where(single, s["ch"], ch),
+    def body(s):
+        pivots = _pivots(s, k, range_v)
+        counts, mn, mx = _pass(groups, pivots, s["lo"], s["hi"])
+        stage = s["stage"]
+        # Searching: narrow the bracket to the pivots around k, snapped to the keys in it.
+        below = counts < k[:, None]
+        lo = jnp.maximum(jnp.max(jnp.where(below, pivots + jnp.uint32(1), s["lo"][:, None]), axis=1), mn)
+        cb = jnp.max(jnp.where(below, counts, s["cb"][:, None]), axis=1)
+        hi = jnp.minimum(jnp.min(jnp.where(below, s["hi"][:, None], pivots), axis=1), mx)
+        ch = jnp.min(jnp.where(below, s["ch"][:, None], counts), axis=1)
+        single = mn == mx  # one distinct key in the bracket: the answer
+        converged = single | (lo == hi)
+        # Exactly k - 1 keys below lo (answer: the smallest key in the bracket) or
+        # exactly k at or below hi (the largest): read the extremes next pass.
+        edge = (cb == k - 1) | (ch == k)
+        low = s["cb"] == k - 1
+        searching = stage == _SEARCH
+        new = dict(
+            lo=jnp.where(searching & ~single, lo, s["lo"]),
+            hi=jnp.where(searching & ~single, hi, s["hi"]),
+            cb=jnp.where(searching & ~single, cb, s["cb"]),
+            ch=jnp.where(searching & ~single, ch, s["ch"]),
+            first=jnp.zeros_like(s["first"]),
+            missed=jnp.all(below, axis=1) | ~jnp.any(below, axis=1),
             passes=s["passes"] + 1,
         )
-
-    def final_pass(s):
-        # Exactly k - 1 keys lie below lo (answer: the smallest key >= lo), or
-        # exactly k at or below hi (answer: the largest key <= hi).
-        _, mn, mx = _sum_min_max(keys, jnp.zeros([0], jnp.uint32), s["lo"], s["hi"])
-        # One more count for the ties at the answer (#{key <= mn}, #{key <= mx - 1}).
-        counts, _, _ = _sum_min_max(keys, jnp.stack([mn, mx - jnp.uint32(1)]), s["lo"], s["hi"])
-        low = s["cb"] == k - 1
-        return dict(
-            s,
-            done=jnp.bool_(True),
-            result=jnp.where(low, mn, mx),
-            n_lt=jnp.where(low, s["cb"], counts[1]),
-            n_le=jnp.where(low, counts[0], s["ch"]),
-            passes=s["passes"] + 2,
+        searched = jnp.where(converged, _DONE, jnp.where(edge, _EXTREMES, _SEARCH))
+        new["stage"] = jnp.select(
+            [searching, stage == _EXTREMES, stage == _TIES], [searched, jnp.full_like(stage, _TIES), _DONE], _DONE
         )
+        new["t"] = jnp.select(
+            [searching & single, searching, stage == _EXTREMES], [mn, lo, jnp.where(low, mn, mx)], s["t"]
+        )
+        # Ties at the answer: known when converged; else counted by the _TIES pass
+        # (its pivots are t and t - 1).
+        at_zero = s["t"] == 0
+        new["n_lt"] = jnp.select(
+            [searching & single, searching, stage == _TIES],
+            [s["cb"], cb, jnp.where(at_zero, 0, counts[:, 1])],
+            s["n_lt"],
+        )
+        new["n_le"] = jnp.select(
+            [searching & single, searching, stage == _TIES], [s["ch"], ch, counts[:, 0]], s["n_le"]
+        )
+        return new
 
-    def body(s):
-        return lax.cond((s["cb"] == k - 1) | (s["ch"] == k), final_pass, pivot_pass, s)
+    out = lax.while_loop(lambda s: jnp.any(s["stage"] != _DONE) & (s["passes"] < _MAX_PASSES), body, init)
+    return out["t"], out["n_lt"], out["n_le"], out["passes"]
 
-    out = lax.while_loop(lambda s: ~s["done"] & (s["passes"] < _MAX_PASSES), body, init)
-    return out["result"], out["n_lt"], out["n_le"], out["passes"]
+
+def kth_key(keys: Sequence[jax.Array], k: jax.typing.ArrayLike) -> tuple[jax.Array, ...]:
+    """The ``k``-th smallest key (1-based) over all arrays in ``keys``: :func:`kth_keys` for one group.
+
+    Returns:
+      ``(t, n_lt, n_le, passes)`` scalars.
+    """
+    t, n_lt, n_le, passes = kth_keys([keys], jnp.reshape(jnp.asarray(k, jnp.int32), (1,)))
+    return t[0], n_lt[0], n_le[0], passes
 
 
 def _flat_index(shape: tuple[int, ...], offset: int) -> jax.Array:
@@ -189,52 +221,68 @@ def _flat_index(shape: tuple[int, ...], offset: int) -> jax.Array:
     return index
 
 
-def _count_ties_before(keys, indices, t, cut) -> jax.Array:
-    return sum(
-        lax.reduce(((k == t) & (i < cut)).astype(jnp.int32), jnp.int32(0), lax.add, tuple(range(k.ndim)))
-        for k, i in zip(keys, indices, strict=True)
-    )
+def select(groups: Sequence[Sequence[jax.Array]], n_prune: Sequence[jax.typing.ArrayLike]) -> list[list[jax.Array]]:
+    """Keep-masks pruning exactly ``n_prune[g]`` of the smallest scores over each group's arrays.
+
+    Ties at a group's threshold are pruned in order: its first array first,
+    then by row-major index.
+
+    Args:
+      groups: groups of score arrays (any float dtype, any shapes).
+      n_prune: per group, how many entries to prune, ``0 <= n <= group size``.
+
+    Returns:
+      Per group, one boolean keep-mask per score array (same shapes).
+    """
+    sizes = [[math.prod(s.shape) for s in scores] for scores in groups]
+    for g, group_sizes in enumerate(sizes):
+        if sum(group_sizes) > _MAX_TOTAL:
+            raise ValueError(
+                f"`scores` group {g} holds {sum(group_sizes)} entries; one selection handles at most "
+                f"{_MAX_TOTAL}. Prune layer by layer (scope='layer') or over fewer leaves at a time."
+            )
+    keys = [[sortable_keys(s) for s in scores] for scores in groups]
+    totals = np.array([sum(g) for g in sizes], np.int32)
+    n = jnp.clip(jnp.stack([jnp.asarray(x, jnp.int32) for x in n_prune]), 0, totals)
+    t, n_lt, n_le, _ = kth_keys(keys, n)
+    ties_left = n - n_lt  # ties at t still to prune, 0 <= ties_left <= n_le - n_lt
+    indices = [
+        [_flat_index(tuple(s.shape), o) for s, o in zip(scores, np.cumsum([0, *gs[:-1]]).tolist(), strict=True)]
+        for scores, gs in zip(groups, sizes, strict=True)
+    ]
+    partial = (ties_left > 0) & (ties_left < n_le - n_lt)
+
+    def cutoff_search():
+        # Per group, the largest c with #{ties at flat index < c} <= ties_left, bit by bit.
+        def step(i, c):
+            trial = c | (jnp.int32(1) << (jnp.int32(30) - i))
+            found = jnp.stack(
+                [
+                    sum(
+                        lax.reduce(
+                            ((k == t[g]) & (x < trial[g])).astype(jnp.int32),
+                            jnp.int32(0),
+                            lax.add,
+                            tuple(range(k.ndim)),
+                        )
+                        for k, x in zip(group_keys, group_index, strict=True)
+                    )
+                    for g, (group_keys, group_index) in enumerate(zip(keys, indices, strict=True))
+                ]
+            )
+            return jnp.where(found <= ties_left, trial, c)
+
+        return lax.fori_loop(0, 31, step, jnp.zeros(len(groups), jnp.int32))
+
+    # Usually every tie is pruned (cutoff past the end) or none is (cutoff 0).
+    cutoff = jnp.where(ties_left > 0, jnp.int32(_MAX_TOTAL), jnp.int32(0))
+    cutoff = lax.cond(jnp.any(partial), lambda: jnp.where(partial, cutoff_search(), cutoff), lambda: cutoff)
+    return [
+        [~((k < t[g]) | ((k == t[g]) & (x < cutoff[g]))) for k, x in zip(group_keys, group_index, strict=True)]
+        for g, (group_keys, group_index) in enumerate(zip(keys, indices, strict=True))
+    ]
 
 
 def keep_largest(scores: Sequence[jax.Array], n_prune: jax.typing.ArrayLike) -> list[jax.Array]:
-    """Keep-masks pruning exactly ``n_prune`` of the smallest scores over all arrays.
-
-    Ties at the threshold are pruned in order: first array first, then by
-    row-major index.
-
-    Args:
-      scores: score arrays (any float dtype, any shapes).
-      n_prune: how many entries to prune in total, ``0 <= n_prune <= total``.
-
-    Returns:
-      One boolean keep-mask per score array, same shapes.
-    """
-    sizes = [math.prod(s.shape) for s in scores]
-    total = sum(sizes)
-    if total > _MAX_TOTAL:
-        raise ValueError(
-            f"`scores` hold {total} entries; one selection handles at most {_MAX_TOTAL}. "
-            f"Prune layer by layer (scope='layer') or over fewer leaves at a time."
-        )
-    keys = [sortable_keys(s) for s in scores]
-    n_prune = jnp.clip(jnp.asarray(n_prune, jnp.int32), 0, total)
-    t, n_lt, n_le, _ = kth_key(keys, n_prune)
-    ties_left = n_prune - n_lt  # ties at t still to prune, 0 <= ties_left <= n_le - n_lt
-    offsets = np.cumsum([0, *sizes[:-1]]).tolist()
-    indices = [_flat_index(tuple(s.shape), o) for s, o in zip(scores, offsets, strict=True)]
-
-    def cutoff_search():
-        # Smallest global index c with #{ties at flat index < c} == ties_left, bit by bit.
-        def step(i, c):
-            bit = jnp.int32(1) << (jnp.int32(30) - i)
-            enough = _count_ties_before(keys, indices, t, c | bit) > ties_left
-            return jnp.where(enough, c, c | bit)
-
-        return lax.fori_loop(0, 31, step, jnp.int32(0))
-
-    cutoff = lax.cond(
-        ties_left >= n_le - n_lt,
-        lambda: jnp.int32(_MAX_TOTAL),  # all ties pruned (the usual case)
-        lambda: lax.cond(ties_left == 0, lambda: jnp.int32(0), cutoff_search),
-    )
-    return [~((k < t) | ((k == t) & (i < cutoff))) for k, i in zip(keys, indices, strict=True)]
+    """Keep-masks pruning exactly ``n_prune`` of the smallest scores over all arrays (one group of :func:`select`)."""
+    return select([scores], [n_prune])[0]
