@@ -16,7 +16,18 @@ TRANSFORMS = {
     "int8-per-channel": lambda: jc.quant.int8(),
     "int4-per-tensor": lambda: jc.quant.symmetric(4, per_channel=False),
     "chain": lambda: jc.chain(jc.prune.magnitude(0.5), jc.quant.int8()),
+    "saliency-erk": lambda: jc.prune.saliency(jc.schedules.constant(0.6, frequency=2), distribution="erk"),
+    "movement": lambda: jc.prune.movement(jc.schedules.polynomial(0.0, 0.7, begin=1, end=4)),
+    "n_m-2:4": lambda: jc.prune.n_m(2, 4, rule=r"Dense_\d/kernel"),
+    "block": lambda: jc.prune.block(0.5, (2, 2)),
+    "rigl": lambda: jc.prune.rigl(0.7, end=10, frequency=2),
+    "ste-magnitude": lambda: jc.prune.ste(jc.prune.magnitude(0.5)),
 }
+
+
+def fake_grads(params):
+    """Gradient-shaped pytree for transforms whose scores need gradients (others ignore it)."""
+    return jax.tree.map(lambda x: x * 0.5 + 0.25, params)
 
 
 @pytest.fixture(params=sorted(TRANSFORMS))
@@ -35,7 +46,7 @@ def test_shapes_dtypes_and_single_trace(transform, dtype):
         @jax.jit
         def step(params, state):
             traces.append(1)
-            state = transform.update(params, state, None, unused_extra_arg=1.0)
+            state = transform.update(params, state, fake_grads(params), unused_extra_arg=1.0)
             return transform.apply(params, state), state
 
         for _ in range(6):
@@ -53,7 +64,7 @@ def test_shapes_dtypes_and_single_trace(transform, dtype):
 
 def test_apply_is_differentiable(transform):
     params = make_params()
-    state = transform.update(params, transform.init(params))
+    state = transform.update(params, transform.init(params), fake_grads(params))
     grads = jax.grad(lambda p: sum(jnp.sum(x) for x in jax.tree.leaves(transform.apply(p, state))))(params)
     chex.assert_trees_all_equal_shapes_and_dtypes(grads, params)
     chex.assert_tree_all_finite(grads)

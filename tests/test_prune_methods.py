@@ -10,6 +10,7 @@ from helpers import make_params
 
 import jaxcompress as jc
 from jaxcompress import paths
+from jaxcompress.prune import distributions
 
 KERNELS = ["Conv_0/kernel", "Dense_0/kernel", "Dense_1/kernel"]
 
@@ -30,55 +31,42 @@ def numpy_keep(scores: np.ndarray, n_prune: int) -> np.ndarray:
     return keep.reshape(scores.shape)
 
 
-FACTORIES = {
-    "random": lambda s, scope: jc.prune.random(s, scope=scope, seed=3),
-    "saliency": lambda s, scope: jc.prune.saliency(s, scope=scope),
-    "movement": lambda s, scope: jc.prune.movement(s, scope=scope),
-    "snip": lambda s, scope: jc.prune.snip(s, scope=scope),
-    "magnitude-erk": lambda s, scope: jc.prune.magnitude(s, distribution="erk"),
-}
+def compress(transform, params, grads=None):
+    return jax.jit(lambda p, g: jc.compress(transform, p, g))(params, grads)
 
 
-@pytest.mark.parametrize("scope", ["layer", "global"])
-@pytest.mark.parametrize("name", sorted(FACTORIES))
-def test_exact_sparsity(name, scope):
-    if name == "magnitude-erk" and scope == "global":
-        pytest.skip("ERK shares the target among layers")
+def kept(tree):
+    return {p: np.asarray(flat(tree)[p]) != 0 for p in KERNELS}
+
+
+def test_saliency_keeps_exactly_the_largest_weight_times_gradient_per_layer():
     params, grads = make_params(), make_grads()
-    t = FACTORIES[name](0.7, scope)
-    pruned, _ = jc.compress(t, params, grads)
-    zeros = {p: int(jnp.sum(flat(pruned)[p] == 0)) for p in KERNELS}
-    sizes = {p: flat(params)[p].size for p in KERNELS}
-    if name == "magnitude-erk":
-        from jaxcompress.prune import distributions
-
-        expected = distributions.erk([flat(params)[p].shape for p in KERNELS], 0.7)
-        assert zeros == {p: round(float(s) * sizes[p]) for p, s in zip(KERNELS, expected, strict=True)}
-        assert abs(sum(zeros.values()) - 0.7 * sum(sizes.values())) <= 3
-    elif scope == "layer":
-        assert zeros == {p: round(0.7 * sizes[p]) for p in KERNELS}
-    else:
-        assert sum(zeros.values()) == round(0.7 * sum(sizes.values()))
+    pruned, state = compress(jc.prune.saliency(0.6), params, grads)
+    assert type(state).__name__ == "SaliencyState"
+    for p, keep in kept(pruned).items():
+        score = np.abs(np.asarray(flat(params)[p]) * np.asarray(flat(grads)[p]))
+        np.testing.assert_array_equal(keep, numpy_keep(score, round(0.6 * score.size)))
     for p, w in flat(pruned).items():
         if p.endswith("bias"):
             np.testing.assert_array_equal(w, flat(params)[p])
 
 
-def test_saliency_keeps_largest_weight_times_gradient():
-    params, grads = make_params(), make_grads()
-    pruned, _ = jc.compress(jc.prune.saliency(0.6), params, grads)
-    for p in KERNELS:
-        score = np.abs(np.asarray(flat(params)[p]) * np.asarray(flat(grads)[p]))
-        np.testing.assert_array_equal(np.asarray(flat(pruned)[p]) != 0, numpy_keep(score, round(0.6 * score.size)))
-
-
 def test_snip_is_one_global_threshold_on_sensitivity():
     params, grads = make_params(), make_grads()
-    pruned, state = jc.compress(jc.prune.snip(0.8), params, grads)
+    pruned, state = compress(jc.prune.snip(0.8), params, grads)
     assert type(state).__name__ == "SNIPState"
     score = np.concatenate([np.abs(np.asarray(flat(params)[p]) * np.asarray(flat(grads)[p])).ravel() for p in KERNELS])
-    kept = np.concatenate([(np.asarray(flat(pruned)[p]) != 0).ravel() for p in KERNELS])
-    np.testing.assert_array_equal(kept, numpy_keep(score, round(0.8 * score.size)))
+    keep = np.concatenate([k.ravel() for k in kept(pruned).values()])
+    np.testing.assert_array_equal(keep, numpy_keep(score, round(0.8 * score.size)))
+
+
+def test_magnitude_erk_prunes_each_layer_its_share_exactly():
+    params = make_params()
+    pruned, _ = compress(jc.prune.magnitude(0.7, distribution="erk"), params)
+    shares = distributions.erk([flat(params)[p].shape for p in KERNELS], 0.7)
+    for (p, keep), s in zip(kept(pruned).items(), shares, strict=True):
+        w = np.abs(np.asarray(flat(params)[p]))
+        np.testing.assert_array_equal(keep, numpy_keep(w, round(float(s) * w.size)))
 
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
@@ -102,24 +90,28 @@ def test_movement_accumulates_minus_weight_times_gradient(dtype):
     np.testing.assert_array_equal(keep, expected)
 
 
-def test_random_masks_are_nested_along_a_gradual_schedule_and_seeded():
+def test_random_is_global_exact_nested_along_a_schedule_and_seeded():
     schedule = jc.schedules.polynomial(0.0, 0.9, begin=0, end=4)
-    t = jc.prune.random(schedule, rule="Dense_0/kernel", seed=5)
+    t = jc.prune.random(schedule, scope="global", seed=5)
     params = make_params()
-    state, update, kept = t.init(params), jax.jit(t.update), []
-    for _ in range(5):
+    state, update, history = t.init(params), jax.jit(t.update), []
+    total = sum(flat(params)[p].size for p in KERNELS)
+    for step in range(5):
         state = update(params, state)
-        kept.append(np.asarray(state.masks["Dense_0/kernel"].unpack()))
-    for before, after in itertools.pairwise(kept):
+        keep = np.concatenate([np.asarray(state.masks[p].unpack()).ravel() for p in KERNELS])
+        assert (~keep).sum() == round(float(schedule(step)) * total)
+        history.append(keep)
+    for before, after in itertools.pairwise(history):
         assert np.all(before >= after)  # nothing regrows
-    assert kept[-1].sum() == round(0.1 * kept[-1].size)
-    other, _ = jc.compress(jc.prune.random(0.9, rule="Dense_0/kernel", seed=6), params)
-    assert np.any((np.asarray(other["Dense_0"]["kernel"]) != 0) != kept[-1])
+    other = jax.jit(jc.prune.random(schedule, scope="global", seed=6).update)(params, state._replace(count=4))
+    assert any(np.any(other.masks[p].unpack() != state.masks[p].unpack()) for p in KERNELS)
 
 
-@pytest.mark.parametrize("name", ["saliency", "movement", "snip"])
-def test_gradient_scores_need_gradients(name):
-    t = FACTORIES[name](0.5, "layer")
+@pytest.mark.parametrize(
+    "make", [lambda: jc.prune.saliency(0.5), lambda: jc.prune.movement(0.5), lambda: jc.prune.snip(0.5)]
+)
+def test_gradient_scores_need_gradients(make):
+    t = make()
     params = make_params()
-    with pytest.raises(ValueError, match=f"'{'saliency' if name == 'snip' else name}' score needs gradients"):
+    with pytest.raises(ValueError, match="score needs gradients: call update"):
         t.update(params, t.init(params))

@@ -2,13 +2,15 @@
 
 The network starts sparse (random mask, or magnitude from a dense model) and
 every ``frequency`` steps each leaf drops the ``k`` kept weights of smallest
-``|w|`` and grows ``k`` others: at random (SET) or where the dense gradient
-``|g|`` is largest (RigL). Sparsity never changes. Grown weights start at
-exactly 0, and :func:`jaxcompress.optim.with_compression` resets their
-entries in every optimizer-state subtree shaped like the params (Adam's
-moments, momentum traces; any optax optimizer, including ``chain`` and
-``inject_hyperparams``). ``apply`` masks with a straight-through gradient, so
-the gradient reaching a pruned weight is the dense gradient RigL needs.
+``|w|`` and grows ``k`` of the weights that were pruned before the update: at
+random (SET) or where the dense gradient ``|g|`` is largest (RigL). Grown
+connections are always new ones, so drop and grow are one batched selection.
+Sparsity never changes. Grown weights start at exactly 0, and
+:func:`jaxcompress.optim.with_compression` resets their entries in every
+optimizer-state subtree shaped like the params (Adam's moments, momentum
+traces; any optax optimizer, including ``chain`` and ``inject_hyperparams``).
+``apply`` masks with a straight-through gradient, so the gradient reaching a
+pruned weight is the dense gradient RigL needs.
 """
 
 from __future__ import annotations
@@ -117,21 +119,27 @@ def _dynamic(
         kept = kept_counts(paths, weights)
         sizes = [math.prod(masks[p].shape) for p in paths]
         keep = [masks[p].unpack() for p in paths]
-        n_drop = [jnp.minimum(jnp.round(fraction * kept[p]).astype(jnp.int32), kept[p]) for p in paths]
-        # Drop: each leaf keeps the kept - n_drop largest |w| among its kept weights.
-        survive = threshold.select(
-            [[_lowest_first(k, jnp.abs(weights[p].astype(jnp.float32)))] for p, k in zip(paths, keep, strict=True)],
-            [size - kept[p] + d for p, size, d in zip(paths, sizes, n_drop, strict=True)],
-        )
-        # Grow: the n_drop best of the others (just-dropped ones included, as in RigL).
+        # k = round(fraction * kept), at most the pruned count (growth needs room).
+        n_move = [
+            jnp.minimum(jnp.round(fraction * kept[p]).astype(jnp.int32), min(kept[p], size - kept[p]))
+            for p, size in zip(paths, sizes, strict=True)
+        ]
         if grads is None:
             grow_scores = [hash_uniform(masks[p].shape, _salt(seed, i) + step * 7919) for i, p in enumerate(paths)]
         else:
             grow_scores = [jnp.abs(grads[p].astype(jnp.float32)) for p in paths]
-        grow = threshold.select(
-            [[_lowest_first(~s, g)] for (s,), g in zip(survive, grow_scores, strict=True)],
-            [size - d for size, d in zip(sizes, n_drop, strict=True)],
+        # One batched selection. Drop: each leaf keeps the kept - k largest |w| of
+        # its kept weights. Grow: the k best of the weights pruned before this update.
+        drop_groups = [
+            [_lowest_first(k, jnp.abs(weights[p].astype(jnp.float32)))] for p, k in zip(paths, keep, strict=True)
+        ]
+        grow_groups = [[_lowest_first(~k, g)] for k, g in zip(keep, grow_scores, strict=True)]
+        chosen = threshold.select(
+            drop_groups + grow_groups,
+            [size - kept[p] + n for p, size, n in zip(paths, sizes, n_move, strict=True)]
+            + [size - n for size, n in zip(sizes, n_move, strict=True)],
         )
+        survive, grow = chosen[: len(paths)], chosen[len(paths) :]
         return {p: packed.pack(s | g) for p, (s,), (g,) in zip(paths, survive, grow, strict=True)}
 
     def update(params: Any, state, grads: Any = None, **extra_args):
@@ -182,7 +190,8 @@ def set_(
     by ``distribution``). At every step ``t`` with ``t % frequency == 0`` and
     ``0 < t < end``, each leaf with ``K`` kept weights drops the
     ``k = round(drop_fraction * K)`` of smallest ``|w|`` and grows ``k``
-    uniformly at random among the others; grown weights start at 0.
+    uniformly at random among the weights pruned before the update (``k`` is
+    capped by their number); grown weights start at 0.
 
     Args:
       sparsity: the constant sparsity, in ``[0, 1)``.
@@ -234,8 +243,8 @@ def rigl(
 
     As :func:`set_`, but at update step ``t`` the moved fraction decays as
     ``drop_fraction / 2 * (1 + cos(pi * t / end))`` and the ``k`` grown weights
-    are those of largest ``|dL/dw|`` among the others (the straight-through
-    ``apply`` makes that gradient dense). Updates stop at ``end`` (the paper
+    are those of largest ``|dL/dw|`` among the weights pruned before the
+    update (the straight-through ``apply`` makes that gradient dense). Updates stop at ``end`` (the paper
     uses 75% of training).
 
     Args:
@@ -255,7 +264,7 @@ def rigl(
 
     Example:
       >>> import jax.numpy as jnp, jaxcompress as jc
-      >>> t = jc.prune.rigl(0.5, end=10, frequency=1, drop_fraction=1.0, init_mask="magnitude")
+      >>> t = jc.prune.rigl(0.5, end=10, frequency=1, drop_fraction=0.5, init_mask="magnitude")
       >>> params = {"w": jnp.array([[1.0, 2.0], [3.0, 4.0]])}
       >>> grads = {"w": jnp.array([[9.0, 0.0], [0.0, 8.0]])}
       >>> state = t.init(params)

@@ -8,9 +8,11 @@ variadic reduction per array (no sort, no gather, no cumulative sum). Pivots
 are placed by interpolating the counts in value space, so a pass typically
 shrinks a bracket of ``m`` keys to a few ``sqrt(m)``; after a miss (or once a
 search runs long) they split the key range evenly, so every search ends within
-``_GUESS_PASSES + 14`` passes (8 to 11 on trained weights). Entries strictly
-below ``t`` are pruned, then ties at ``t`` in index order until exactly ``k``
-are gone.
+``_GUESS_PASSES + 14`` passes (7 to 10 on weights). A bracket is snapped to the
+smallest and largest key inside it, and the search ends when it holds a single
+distinct key: the answer ``t``, with the counts of keys below and at it. Entries
+strictly below ``t`` are pruned, then ties at ``t`` in index order until
+exactly ``k`` are gone.
 
 Many selections run as one batched search (:func:`select`): each *group* of
 arrays (one leaf for a layer-wise threshold, all leaves for a global one) has
@@ -42,9 +44,6 @@ _SPREAD = 4.0  # the spread is _SPREAD / sqrt(m) of the bracket (m keys in it), 
 _GUESS_PASSES = 12  # after this many passes, split the key range evenly (a sure shrink by _PIVOTS + 1)
 _MAX_PASSES = 64  # a safety bound, never reached (see the module docstring)
 _MAX_TOTAL = 2**31 - 1  # counts are int32
-
-# Stages of one group's search.
-_SEARCH, _EXTREMES, _TIES, _DONE = 0, 1, 2, 3
 
 
 def sortable_keys(scores: jax.Array) -> jax.Array:
@@ -93,8 +92,9 @@ def _pass(groups: Sequence[Sequence[jax.Array]], pivots: jax.Array, lo: jax.Arra
     return jnp.stack(counts), lo + jnp.stack(above), hi - jnp.stack(below)
 
 
-def _pivots(s: dict, k: jax.Array, range_v: jax.Array) -> jax.Array:
+def _pivots(s: dict, k: jax.Array, by_value: bool) -> jax.Array:
     """``(G, _PIVOTS)`` pivots inside each bracket ``[lo, hi - 1]``."""
+    range_v = s["range_v"]
     lo, hi = s["lo"][:, None], s["hi"][:, None]
     m = (s["ch"] - s["cb"]).astype(jnp.float32)[:, None]
     guess = ((k - s["cb"]).astype(jnp.float32)[:, None] - 0.5) / m
@@ -108,22 +108,21 @@ def _pivots(s: dict, k: jax.Array, range_v: jax.Array) -> jax.Array:
     # or once the search runs long, split the key range evenly.
     guessing = (~s["missed"] & (s["passes"] < _GUESS_PASSES))[:, None]
     fractions = jnp.clip(jnp.where(guessing, guess + spread * _OFFSETS, _EVEN), 0.0, 1.0)
-    by_value = (guessing | s["first"][:, None]) & jnp.isfinite(hi_v - lo_v)
-    value_pivots = sortable_keys(lo_v + fractions * (hi_v - lo_v))
     key_pivots = lo + jnp.floor(fractions * (hi - lo).astype(jnp.float32)).astype(jnp.uint32)
-    pivots = jnp.clip(jnp.where(by_value, value_pivots, key_pivots), lo, jnp.maximum(hi, jnp.uint32(1)) - 1)
-    # A group counting its ties probes the answer t and t - 1.
-    t = s["t"][:, None]
-    ties = jnp.concatenate([t, jnp.maximum(t, jnp.uint32(1)) - 1, pivots[:, 2:]], axis=1)
-    return jnp.where((s["stage"] == _TIES)[:, None], ties, pivots)
+    if by_value:
+        in_value = (guessing | (s["passes"] == 1)) & jnp.isfinite(hi_v - lo_v)
+        key_pivots = jnp.where(in_value, sortable_keys(lo_v + fractions * (hi_v - lo_v)), key_pivots)
+    return jnp.clip(key_pivots, lo, jnp.maximum(hi, jnp.uint32(1)) - 1)
 
 
-def kth_keys(groups: Sequence[Sequence[jax.Array]], k: jax.Array) -> tuple[jax.Array, ...]:
+def kth_keys(groups: Sequence[Sequence[jax.Array]], k: jax.Array, *, by_value: bool = True) -> tuple[jax.Array, ...]:
     """The ``k[g]``-th smallest key (1-based) over the arrays of each group ``g``.
 
     Args:
       groups: ``G`` groups of ``uint32`` key arrays (any shapes; see :func:`sortable_keys`).
       k: ``(G,)`` ranks, each clamped into ``[1, group size]``.
+      by_value: interpolate in the float values the keys stand for (scores);
+        ``False`` interpolates the keys themselves (integers, e.g. indices).
 
     Returns:
       ``(t, n_lt, n_le, passes)``: ``(G,)`` keys ``t`` with
@@ -133,72 +132,49 @@ def kth_keys(groups: Sequence[Sequence[jax.Array]], k: jax.Array) -> tuple[jax.A
     sizes = np.array([sum(math.prod(x.shape) for x in keys) for keys in groups], np.int32)
     n_groups = len(groups)
     k = jnp.clip(jnp.asarray(k, jnp.int32), 1, sizes)
-    counts0 = jnp.zeros((n_groups, 0), jnp.uint32)
-    _, lo, hi = _pass(groups, counts0, jnp.zeros(n_groups, jnp.uint32), jnp.full(n_groups, _KEY_MAX))
-    range_v = _key_value(hi) - _key_value(lo)
+    # A first pass finds each group's smallest and largest key.
+    _, lo, hi = _pass(
+        groups, jnp.zeros((n_groups, 0), jnp.uint32), jnp.zeros(n_groups, jnp.uint32), jnp.full(n_groups, _KEY_MAX)
+    )
     # Per group: bracket [lo, hi] holding the answer, cb = #{key < lo}, ch = #{key <= hi}.
     init = dict(
         lo=lo,
         hi=hi,
         cb=jnp.zeros(n_groups, jnp.int32),
         ch=jnp.asarray(sizes),
-        first=jnp.ones(n_groups, jnp.bool_),
         missed=jnp.ones(n_groups, jnp.bool_),
-        stage=jnp.where(lo == hi, _DONE, _SEARCH),
-        t=lo,
-        n_lt=jnp.zeros(n_groups, jnp.int32),
-        n_le=jnp.asarray(sizes),
+        done=lo == hi,
+        range_v=_key_value(hi) - _key_value(lo),
         passes=jnp.int32(1),
     )
 
     def body(s):
-        pivots = _pivots(s, k, range_v)
+        pivots = _pivots(s, k, by_value)
         counts, mn, mx = _pass(groups, pivots, s["lo"], s["hi"])
-        stage = s["stage"]
-        # Searching: narrow the bracket to the pivots around k, snapped to the keys in it.
+        # Narrow each bracket to the pivots around k, snapped to the keys in it.
         below = counts < k[:, None]
         lo = jnp.maximum(jnp.max(jnp.where(below, pivots + jnp.uint32(1), s["lo"][:, None]), axis=1), mn)
         cb = jnp.max(jnp.where(below, counts, s["cb"][:, None]), axis=1)
         hi = jnp.minimum(jnp.min(jnp.where(below, s["hi"][:, None], pivots), axis=1), mx)
         ch = jnp.min(jnp.where(below, s["ch"][:, None], counts), axis=1)
-        single = mn == mx  # one distinct key in the bracket: the answer
-        converged = single | (lo == hi)
-        # Exactly k - 1 keys below lo (answer: the smallest key in the bracket) or
-        # exactly k at or below hi (the largest): read the extremes next pass.
-        edge = (cb == k - 1) | (ch == k)
-        low = s["cb"] == k - 1
-        searching = stage == _SEARCH
-        new = dict(
-            lo=jnp.where(searching & ~single, lo, s["lo"]),
-            hi=jnp.where(searching & ~single, hi, s["hi"]),
-            cb=jnp.where(searching & ~single, cb, s["cb"]),
-            ch=jnp.where(searching & ~single, ch, s["ch"]),
-            first=jnp.zeros_like(s["first"]),
+        # One distinct key left in the (old) bracket: it is the answer, and the
+        # counts around it are the bracket's. Else go on with the new bracket.
+        single = (mn == mx) & ~s["done"]
+        active = ~s["done"] & ~single
+        return dict(
+            lo=jnp.where(single, mn, jnp.where(active, lo, s["lo"])),
+            hi=jnp.where(single, mx, jnp.where(active, hi, s["hi"])),
+            cb=jnp.where(active, cb, s["cb"]),
+            ch=jnp.where(active, ch, s["ch"]),
             missed=jnp.all(below, axis=1) | ~jnp.any(below, axis=1),
+            done=s["done"] | single | (active & (lo == hi)),
+            range_v=s["range_v"],
             passes=s["passes"] + 1,
         )
-        searched = jnp.where(converged, _DONE, jnp.where(edge, _EXTREMES, _SEARCH))
-        new["stage"] = jnp.select(
-            [searching, stage == _EXTREMES, stage == _TIES], [searched, jnp.full_like(stage, _TIES), _DONE], _DONE
-        )
-        new["t"] = jnp.select(
-            [searching & single, searching, stage == _EXTREMES], [mn, lo, jnp.where(low, mn, mx)], s["t"]
-        )
-        # Ties at the answer: known when converged; else counted by the _TIES pass
-        # (its pivots are t and t - 1).
-        at_zero = s["t"] == 0
-        new["n_lt"] = jnp.select(
-            [searching & single, searching, stage == _TIES],
-            [s["cb"], cb, jnp.where(at_zero, 0, counts[:, 1])],
-            s["n_lt"],
-        )
-        new["n_le"] = jnp.select(
-            [searching & single, searching, stage == _TIES], [s["ch"], ch, counts[:, 0]], s["n_le"]
-        )
-        return new
 
-    out = lax.while_loop(lambda s: jnp.any(s["stage"] != _DONE) & (s["passes"] < _MAX_PASSES), body, init)
-    return out["t"], out["n_lt"], out["n_le"], out["passes"]
+    out = lax.while_loop(lambda s: ~jnp.all(s["done"]) & (s["passes"] < _MAX_PASSES), body, init)
+    # Done: the bracket is the single key t = lo = hi, with cb keys below it and ch at or below.
+    return out["lo"], out["cb"], out["ch"], out["passes"]
 
 
 def kth_key(keys: Sequence[jax.Array], k: jax.typing.ArrayLike) -> tuple[jax.Array, ...]:
@@ -253,26 +229,14 @@ def select(groups: Sequence[Sequence[jax.Array]], n_prune: Sequence[jax.typing.A
     partial = (ties_left > 0) & (ties_left < n_le - n_lt)
 
     def cutoff_search():
-        # Per group, the largest c with #{ties at flat index < c} <= ties_left, bit by bit.
-        def step(i, c):
-            trial = c | (jnp.int32(1) << (jnp.int32(30) - i))
-            found = jnp.stack(
-                [
-                    sum(
-                        lax.reduce(
-                            ((k == t[g]) & (x < trial[g])).astype(jnp.int32),
-                            jnp.int32(0),
-                            lax.add,
-                            tuple(range(k.ndim)),
-                        )
-                        for k, x in zip(group_keys, group_index, strict=True)
-                    )
-                    for g, (group_keys, group_index) in enumerate(zip(keys, indices, strict=True))
-                ]
-            )
-            return jnp.where(found <= ties_left, trial, c)
-
-        return lax.fori_loop(0, 31, step, jnp.zeros(len(groups), jnp.int32))
+        # Per group, the ties_left-th smallest flat index among the ties (the
+        # same search, over index keys); prune the ties up to and including it.
+        index_keys = [
+            [jnp.where(k == t[g], x.astype(jnp.uint32), _KEY_MAX) for k, x in zip(group_keys, group_index, strict=True)]
+            for g, (group_keys, group_index) in enumerate(zip(keys, indices, strict=True))
+        ]
+        last, _, _, _ = kth_keys(index_keys, jnp.maximum(ties_left, 1), by_value=False)
+        return last.astype(jnp.int32) + 1
 
     # Usually every tie is pruned (cutoff past the end) or none is (cutoff 0).
     cutoff = jnp.where(ties_left > 0, jnp.int32(_MAX_TOTAL), jnp.int32(0))
