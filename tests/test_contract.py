@@ -19,9 +19,7 @@ TRANSFORMS = {
     "saliency-erk": lambda: jc.prune.saliency(jc.schedules.constant(0.6, frequency=2), distribution="erk"),
     "movement": lambda: jc.prune.movement(jc.schedules.polynomial(0.0, 0.7, begin=1, end=4)),
     "n_m-2:4": lambda: jc.prune.n_m(2, 4, rule=r"Dense_\d/kernel"),
-    "block": lambda: jc.prune.block(0.5, (2, 2)),
     "rigl": lambda: jc.prune.rigl(0.7, end=10, frequency=2),
-    "ste-magnitude": lambda: jc.prune.ste(jc.prune.magnitude(0.5)),
 }
 
 

@@ -10,7 +10,6 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import jaxcompress as jc
-from jaxcompress.prune import threshold
 
 
 @pytest.fixture(scope="module")
@@ -68,14 +67,3 @@ def test_global_refresh_on_sharded_params(mesh):
     # 8 rows per byte stays local where row shards are multiples of 8, as here).
     assert max(n for _, n, _ in found) <= 8, found
     assert {dtype for _, _, dtype in found} <= {"s32", "u32"}, found
-
-
-def test_search_needs_only_per_device_scalars_whatever_the_sharding(mesh):
-    params = make_params()
-    sharded = shard(mesh, params, P(None, None, "data", "model"))  # input channels split too
-    search = jax.jit(
-        lambda p: threshold.kth_keys([[threshold.sortable_keys(jnp.abs(p[k]["kernel"])) for k in p]], jnp.array([3000]))
-    )
-    np.testing.assert_array_equal(search(sharded)[0], search(params)[0])
-    found = collectives(search.lower(sharded).compile().as_text())
-    assert found and max(n for _, n, _ in found) <= 8, found

@@ -197,11 +197,14 @@ def _flat_index(shape: tuple[int, ...], offset: int) -> jax.Array:
     return index
 
 
+@jax.jit
 def select(groups: Sequence[Sequence[jax.Array]], n_prune: Sequence[jax.typing.ArrayLike]) -> list[list[jax.Array]]:
     """Keep-masks pruning exactly ``n_prune[g]`` of the smallest scores over each group's arrays.
 
     Ties at a group's threshold are pruned in order: its first array first,
-    then by row-major index.
+    then by row-major index. Jitted (inside another ``jit`` it is inlined), so
+    eager calls (``init``, one-shot :func:`jaxcompress.compress`) compile once
+    per shape instead of dispatching op by op.
 
     Args:
       groups: groups of score arrays (any float dtype, any shapes).
