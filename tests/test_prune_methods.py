@@ -94,13 +94,21 @@ def test_random_is_global_exact_nested_along_a_schedule_and_seeded():
     schedule = jc.schedules.polynomial(0.0, 0.9, begin=0, end=4)
     t = jc.prune.random(schedule, scope="global", seed=5)
     params = make_params()
-    state, update, history = t.init(params), jax.jit(t.update), []
+    traces = []
+
+    @jax.jit
+    def update(params, state):
+        traces.append(1)
+        return t.update(params, state)
+
+    state, history = t.init(params), []
     total = sum(flat(params)[p].size for p in KERNELS)
     for step in range(5):
         state = update(params, state)
         keep = np.concatenate([np.asarray(state.masks[p].unpack()).ravel() for p in KERNELS])
         assert (~keep).sum() == round(float(schedule(step)) * total)
         history.append(keep)
+    assert len(traces) == 1
     for before, after in itertools.pairwise(history):
         assert np.all(before >= after)  # nothing regrows
     other = jax.jit(jc.prune.random(schedule, scope="global", seed=6).update)(params, state._replace(count=4))

@@ -35,9 +35,11 @@ def test_weights_stay_dense_under_the_optimizer_and_pruned_ones_can_return():
     params = {"w": jnp.array([[1.0, 2.0], [3.0, 4.0]])}
     target = jnp.array([[5.0, 0.0], [0.0, 4.0]])  # wants the pruned (0, 0) to grow, (1, 0) to shrink
     opt_state = tx.init(params)
+    traces = []
 
     @jax.jit
     def step(params, opt_state):
+        traces.append(1)
         cstate = jc.optim.compression_state(opt_state)
         grads = jax.grad(lambda p: jnp.sum((recipe.apply(p, cstate)["w"] - target) ** 2))(params)
         updates, opt_state = tx.update(grads, opt_state, params)
@@ -45,6 +47,7 @@ def test_weights_stay_dense_under_the_optimizer_and_pruned_ones_can_return():
 
     for _ in range(8):
         params, opt_state = step(params, opt_state)
+    assert len(traces) == 1
     assert bool(jnp.all(params["w"] != 0))  # dense weights
     keep = recipe.apply(params, jc.optim.compression_state(opt_state))["w"] != 0
     np.testing.assert_array_equal(keep, [[True, False], [False, True]])  # (0, 0) came back

@@ -44,7 +44,14 @@ def test_n_m_follows_the_schedule():
     schedule = jc.schedules.polynomial(0.0, 0.5, begin=0, end=6)
     t = jc.prune.n_m(2, 4, schedule, rule="dense")
     params = tree()
-    state, update = t.init(params), jax.jit(t.update)
+    traces = []
+
+    @jax.jit
+    def update(params, state):
+        traces.append(1)
+        return t.update(params, state)
+
+    state = t.init(params)
     size = params["dense"].size
     for step in range(8):
         state = update(params, state)
@@ -54,6 +61,7 @@ def test_n_m_follows_the_schedule():
         per_group = groups_along_input(~keep, 4).sum(-1)
         assert per_group.max() - per_group.min() <= 1 and per_group.max() <= 2  # groups differ by at most one
     assert np.all(groups_along_input(keep, 4).sum(-1) == 2)  # and end exactly 2:4
+    assert len(traces) == 1
 
 
 @pytest.mark.parametrize("axis, norm", [(-1, "l2"), (-2, "l1")])

@@ -99,6 +99,12 @@ def pruner(
       >>> pruned, _ = jc.compress(jc.prune.pruner(0.5, score="magnitude"), params)
       >>> pruned["w"].tolist()
       [[0.0, -4.0], [3.0, 0.0]]
+
+    References:
+      Zhu & Gupta, "To prune, or not to prune: exploring the efficacy of pruning
+      for model compression", 2017. https://arxiv.org/abs/1710.01878
+      Blalock, Gonzalez Ortiz, Frankle & Guttag, "What is the State of Neural
+      Network Pruning?", 2020. https://arxiv.org/abs/2003.03033
     """
     schedule = schedules.as_schedule(sparsity)
     score = scores_lib.as_score(score)
