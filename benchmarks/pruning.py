@@ -22,7 +22,9 @@ Everything is measured side by side in one process, on LeNet-300-100
 * ``nm24_lenet5_error_delta_pts``: the same for 2:4 sparsity (every kernel but
   the first conv, whose single input channel cannot form groups of 4) on LeNet-5.
 
-The last printed line is one JSON object.
+The last printed line is one JSON object. Ratios are taken in one process but
+still move with other load on the machine (``load_average_1min`` records it):
+on a shared 2-core machine rerun at a quiet moment before comparing figures.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import time
 from typing import Any
@@ -215,6 +218,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ds = data.mnist()
     x, y = ds.x_train[:BATCH], ds.y_train[:BATCH]
     result: dict[str, Any] = {}
+    load_before = os.getloadavg()[0]
     timings = {**time_model("lenet300", models.lenet300_100(), x, y, args.rounds)}
     timings.update(time_model("lenet5", models.LeNet5(), x, y, args.rounds))
     for key in ("mask_refresh_over_float_step", "masked_step_over_float_step", "mask_state_bytes_over_param_bytes"):
@@ -229,6 +233,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         batch=BATCH,
         timing_rounds=args.rounds,
         quick=bool(args.quick),
+        load_average_1min=[round(load_before, 2), round(os.getloadavg()[0], 2)],  # other processes on this machine
     )
     return result
 

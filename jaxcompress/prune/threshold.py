@@ -225,10 +225,15 @@ def select(groups: Sequence[Sequence[jax.Array]], n_prune: Sequence[jax.typing.A
     n = jnp.clip(jnp.stack([jnp.asarray(x, jnp.int32) for x in n_prune]), 0, totals)
     t, n_lt, n_le, _ = kth_keys(keys, n)
     ties_left = n - n_lt  # ties at t still to prune, 0 <= ties_left <= n_le - n_lt
-    indices = [
-        [_flat_index(tuple(s.shape), o) for s, o in zip(scores, np.cumsum([0, *gs[:-1]]).tolist(), strict=True)]
-        for scores, gs in zip(groups, sizes, strict=True)
-    ]
+    offsets = [np.cumsum([0, *gs[:-1]]).tolist() for gs in sizes]
+
+    def indices():
+        # Built where used (from iotas, fused into the loop that reads them), never stored.
+        return [
+            [_flat_index(tuple(s.shape), o) for s, o in zip(scores, group_offsets, strict=True)]
+            for scores, group_offsets in zip(groups, offsets, strict=True)
+        ]
+
     partial = (ties_left > 0) & (ties_left < n_le - n_lt)
 
     def cutoff_search():
@@ -236,7 +241,7 @@ def select(groups: Sequence[Sequence[jax.Array]], n_prune: Sequence[jax.typing.A
         # same search, over index keys); prune the ties up to and including it.
         index_keys = [
             [jnp.where(k == t[g], x.astype(jnp.uint32), _KEY_MAX) for k, x in zip(group_keys, group_index, strict=True)]
-            for g, (group_keys, group_index) in enumerate(zip(keys, indices, strict=True))
+            for g, (group_keys, group_index) in enumerate(zip(keys, indices(), strict=True))
         ]
         last, _, _, _ = kth_keys(index_keys, jnp.maximum(ties_left, 1), by_value=False)
         return last.astype(jnp.int32) + 1
@@ -246,7 +251,7 @@ def select(groups: Sequence[Sequence[jax.Array]], n_prune: Sequence[jax.typing.A
     cutoff = lax.cond(jnp.any(partial), lambda: jnp.where(partial, cutoff_search(), cutoff), lambda: cutoff)
     return [
         [~((k < t[g]) | ((k == t[g]) & (x < cutoff[g]))) for k, x in zip(group_keys, group_index, strict=True)]
-        for g, (group_keys, group_index) in enumerate(zip(keys, indices, strict=True))
+        for g, (group_keys, group_index) in enumerate(zip(keys, indices(), strict=True))
     ]
 
 
