@@ -67,8 +67,11 @@ def test_kth_key_reports_counts_and_ends_fast():
         flat = np.sort(np.concatenate([np.asarray(k).ravel() for k in keys]))
         for k in [1, 100, TOTAL // 2, TOTAL - 5, TOTAL]:
             t, n_lt, n_le, passes = search(keys, k)
-            assert int(t) == flat[k - 1]
-            assert int(n_lt) == int(np.sum(flat < flat[k - 1])) and int(n_le) == int(np.sum(flat <= flat[k - 1]))
+            if int(n_lt) == k:  # a cut: exactly k keys below t
+                assert int(n_le) == k and int(np.sum(flat < int(t))) == k
+            else:  # the k-th key, with the counts below and at it
+                assert int(t) == flat[k - 1]
+                assert int(n_lt) == int(np.sum(flat < flat[k - 1])) and int(n_le) == int(np.sum(flat <= flat[k - 1]))
             assert int(passes) <= 26, (kind, k, int(passes))  # the bound the search guarantees
 
 
@@ -77,3 +80,21 @@ def test_sortable_keys_keep_float_order():
     keys = np.asarray(threshold.sortable_keys(jnp.asarray(values)))
     assert keys[3] == keys[4]  # -0.0 == +0.0, as floats compare
     assert np.all(np.diff(np.delete(keys, 3).astype(np.int64)) > 0)
+
+
+def test_batched_groups_each_get_their_exact_count():
+    rng = np.random.default_rng(7)
+    shapes = [[(13, 7), (5,)], [(40, 30)], [(9, 4, 2)]]
+    kinds = ["normal", "few-values", "bfloat16"]
+    for trial in range(6):
+        groups = []
+        for i, group_shapes in enumerate(shapes):
+            kind = kinds[(trial + i) % 3]
+            pool = np.concatenate([a.ravel() for a in draw(kind, rng)])
+            groups.append([pool[: int(np.prod(s))].reshape(s) for s in group_shapes])
+        totals = [sum(a.size for a in g) for g in groups]
+        ns = [0, totals[1], 1] if trial == 0 else [int(rng.integers(0, t + 1)) for t in totals]
+        keeps = threshold.select([[jnp.asarray(a) for a in g] for g in groups], ns)
+        for g, n, group_keeps in zip(groups, ns, keeps, strict=True):
+            got = np.concatenate([np.asarray(k).ravel() for k in group_keeps])
+            np.testing.assert_array_equal(got, numpy_keep(g, n), err_msg=f"trial {trial}, n={n}")

@@ -8,11 +8,11 @@ variadic reduction per array (no sort, no gather, no cumulative sum). Pivots
 are placed by interpolating the counts in value space, so a pass typically
 shrinks a bracket of ``m`` keys to a few ``sqrt(m)``; after a miss (or once a
 search runs long) they split the key range evenly, so every search ends within
-``_GUESS_PASSES + 14`` passes (7 to 10 on weights). A bracket is snapped to the
+``_GUESS_PASSES + 14`` passes (5 to 10 on weights). A bracket is snapped to the
 smallest and largest key inside it, and the search ends when it holds a single
-distinct key: the answer ``t``, with the counts of keys below and at it. Entries
-strictly below ``t`` are pruned, then ties at ``t`` in index order until
-exactly ``k`` are gone.
+distinct key (the answer ``t``, with the counts of keys below and at it) or
+when a pivot lands on exactly ``k`` keys (a cut). Entries strictly below ``t``
+are pruned, then ties at ``t`` in index order until exactly ``k`` are gone.
 
 Many selections run as one batched search (:func:`select`): each *group* of
 arrays (one leaf for a layer-wise threshold, all leaves for a global one) has
@@ -125,9 +125,12 @@ def kth_keys(groups: Sequence[Sequence[jax.Array]], k: jax.Array, *, by_value: b
         ``False`` interpolates the keys themselves (integers, e.g. indices).
 
     Returns:
-      ``(t, n_lt, n_le, passes)``: ``(G,)`` keys ``t`` with
-      ``n_lt = #{key < t} < k <= #{key <= t} = n_le`` per group, and the number
-      of passes over the data the search took (int32 scalar).
+      ``(t, n_lt, n_le, passes)`` with ``(G,)`` entries: either ``t`` is the
+      ``k``-th smallest key and ``n_lt = #{key < t} < k <= #{key <= t} = n_le``,
+      or the search met a *cut* on the way, a ``t`` with exactly ``k`` keys below
+      it, and ``n_lt = n_le = k``. Either way the ``k`` smallest keys are those
+      below ``t`` plus the first ``k - n_lt`` equal to it. ``passes`` is the
+      number of passes over the data the search took (int32 scalar).
     """
     sizes = np.array([sum(math.prod(x.shape) for x in keys) for keys in groups], np.int32)
     n_groups = len(groups)
@@ -137,13 +140,15 @@ def kth_keys(groups: Sequence[Sequence[jax.Array]], k: jax.Array, *, by_value: b
         groups, jnp.zeros((n_groups, 0), jnp.uint32), jnp.zeros(n_groups, jnp.uint32), jnp.full(n_groups, _KEY_MAX)
     )
     # Per group: bracket [lo, hi] holding the answer, cb = #{key < lo}, ch = #{key <= hi}.
+    # A group with exactly k keys at or below hi is cut at hi + 1 (lo = hi = hi + 1, cb = ch = k).
+    cut = (k == sizes) & (hi < _KEY_MAX)
     init = dict(
-        lo=lo,
-        hi=hi,
-        cb=jnp.zeros(n_groups, jnp.int32),
+        lo=jnp.where(cut, hi + 1, lo),
+        hi=jnp.where(cut, hi + 1, hi),
+        cb=jnp.where(cut, k, 0),
         ch=jnp.asarray(sizes),
         missed=jnp.ones(n_groups, jnp.bool_),
-        done=lo == hi,
+        done=(lo == hi) | cut,
         range_v=_key_value(hi) - _key_value(lo),
         passes=jnp.int32(1),
     )
@@ -161,6 +166,9 @@ def kth_keys(groups: Sequence[Sequence[jax.Array]], k: jax.Array, *, by_value: b
         # counts around it are the bracket's. Else go on with the new bracket.
         single = (mn == mx) & ~s["done"]
         active = ~s["done"] & ~single
+        # A pivot that landed on exactly k keys is a cut: no need to find the k-th key itself.
+        cut = active & (ch == k) & (hi < _KEY_MAX)
+        lo, hi, cb = jnp.where(cut, hi + 1, lo), jnp.where(cut, hi + 1, hi), jnp.where(cut, k, cb)
         return dict(
             lo=jnp.where(single, mn, jnp.where(active, lo, s["lo"])),
             hi=jnp.where(single, mx, jnp.where(active, hi, s["hi"])),
@@ -173,7 +181,7 @@ def kth_keys(groups: Sequence[Sequence[jax.Array]], k: jax.Array, *, by_value: b
         )
 
     out = lax.while_loop(lambda s: ~jnp.all(s["done"]) & (s["passes"] < _MAX_PASSES), body, init)
-    # Done: the bracket is the single key t = lo = hi, with cb keys below it and ch at or below.
+    # Done: the bracket is the single key t = lo = hi (or a cut), with cb keys below it and ch at or below.
     return out["lo"], out["cb"], out["ch"], out["passes"]
 
 
@@ -243,14 +251,18 @@ def select(groups: Sequence[Sequence[jax.Array]], n_prune: Sequence[jax.typing.A
             [jnp.where(k == t[g], x.astype(jnp.uint32), _KEY_MAX) for k, x in zip(group_keys, group_index, strict=True)]
             for g, (group_keys, group_index) in enumerate(zip(keys, indices(), strict=True))
         ]
-        last, _, _, _ = kth_keys(index_keys, jnp.maximum(ties_left, 1), by_value=False)
-        return last.astype(jnp.int32) + 1
+        rank = jnp.maximum(ties_left, 1)
+        last, below, _, _ = kth_keys(index_keys, rank, by_value=False)
+        return last.astype(jnp.int32) + jnp.where(below == rank, 0, 1)  # a cut is already one past
 
     # Usually every tie is pruned (cutoff past the end) or none is (cutoff 0).
     cutoff = jnp.where(ties_left > 0, jnp.int32(_MAX_TOTAL), jnp.int32(0))
     cutoff = lax.cond(jnp.any(partial), lambda: jnp.where(partial, cutoff_search(), cutoff), lambda: cutoff)
     return [
-        [~((k < t[g]) | ((k == t[g]) & (x < cutoff[g]))) for k, x in zip(group_keys, group_index, strict=True)]
+        [
+            ~(((k < t[g]) | ((k == t[g]) & (x < cutoff[g]))) & (n[g] > 0))  # (the search ran for rank 1 when n = 0)
+            for k, x in zip(group_keys, group_index, strict=True)
+        ]
         for g, (group_keys, group_index) in enumerate(zip(keys, indices(), strict=True))
     ]
 
