@@ -74,9 +74,13 @@ def pack(mask: jax.Array) -> PackedMask:
 
 def unpack(packed: PackedMask) -> jax.Array:
     """Unpacks to a boolean mask of the original shape."""
-    rows, _ = _rows_cols(packed.shape)
-    bits = jnp.unpackbits(packed.bits, axis=0, count=rows, bitorder="little")
-    return jnp.reshape(bits, packed.shape).astype(jnp.bool_)
+    rows, cols = _rows_cols(packed.shape)
+    # (bytes, 8, cols): bit i of byte r is row 8r + i. Shifting a broadcast byte
+    # row keeps the columns contiguous, so the consumer's loop (a select on the
+    # weights) vectorizes; jnp.unpackbits' layout made it ~2x slower on CPU.
+    shifts = jnp.arange(8, dtype=jnp.uint8)[None, :, None]
+    bits = (packed.bits[:, None, :] >> shifts) & jnp.uint8(1)
+    return jnp.reshape(jnp.reshape(bits, (-1, cols))[:rows] != 0, packed.shape)
 
 
 def ones(shape: tuple[int, ...]) -> PackedMask:
