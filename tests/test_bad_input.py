@@ -71,3 +71,40 @@ def test_chain_rejects_foreign_state():
     recipe = jc.chain(jc.prune.magnitude(0.5), jc.quant.int8())
     with pytest.raises(TypeError, match="tuple of 2 stage states"):
         recipe.apply(make_params(), recipe.init(make_params())[0])
+
+
+@pytest.mark.parametrize(
+    "build, error, match",
+    [
+        (lambda: jc.prune.n_m(4, 4), ValueError, r"N:M sparsity needs `n` < `m`.*got n=4, m=4"),
+        (lambda: jc.prune.n_m(5, 4), ValueError, r"`n` < `m`"),
+        (lambda: jc.prune.n_m(0, 4), ValueError, r"`n` must be >= 1"),
+        (lambda: jc.prune.n_m(2, 4, 0.9), ValueError, r"must end at 1 - n/m = 0.5, got 0.9"),
+        (lambda: jc.prune.n_m(2.0, 4), TypeError, r"`n` must be an int"),
+        (lambda: jc.prune.block(0.5, 4), TypeError, r"`shape` must be a non-empty sequence"),
+        (lambda: jc.prune.block(0.5, (0, 2)), ValueError, r"`shape` must be >= 1"),
+        (lambda: jc.prune.channel(0.5, norm="l3"), ValueError, r"`norm` must be 'l1' or 'l2'"),
+        (lambda: jc.prune.magnitude(0.5, distribution="gaussian"), ValueError, r"`distribution` must be one of"),
+        (lambda: jc.prune.magnitude(0.5, scope="global", distribution="erk"), ValueError, r"scope='layer'"),
+        (lambda: jc.prune.n_m(2, 4).init({"w": jnp.ones((6, 3))}), ValueError, r"length 6 is not a multiple of 4"),
+        (lambda: jc.prune.pruner(0.5, score="hessian"), ValueError, r"`score` must be one of"),
+        (lambda: jc.prune.channel(0.5, score="movement"), ValueError, r"accumulates per-weight state"),
+        (lambda: jc.prune.random(1.0), ValueError, r"`sparsity` must lie in \[0, 1\)"),
+        (lambda: jc.prune.saliency(-0.2), ValueError, r"`sparsity` must lie in \[0, 1\)"),
+        (lambda: jc.prune.rigl(1.2, end=10), ValueError, r"`sparsity` must lie in \[0, 1\)"),
+        (lambda: jc.prune.set_(0.5, drop_fraction=0.0), ValueError, r"`drop_fraction` must be > 0"),
+        (lambda: jc.prune.set_(0.5, frequency=0), ValueError, r"`frequency` must be >= 1"),
+        (lambda: jc.prune.rigl(0.5, end=10, init_mask="zeros"), ValueError, r"`init_mask` must be one of"),
+        (lambda: jc.prune.snip(jc.schedules.constant(0.5)), TypeError, r"SNIP prunes once"),
+        (lambda: jc.prune.ste(lambda p: p), TypeError, r"`inner` must be a jaxcompress Transform"),
+        (lambda: jc.prune.proximal_l1("0.1"), ValueError, r"`strength` must be a number >= 0"),
+    ],
+)
+def test_bad_pruning_arguments(build, error, match):
+    with pytest.raises(error, match=match):
+        build()
+
+
+def test_block_shape_must_divide_the_leaf():
+    with pytest.raises(ValueError, match=r"`block`=\(4, 4\) does not divide leaf 'Dense_1/kernel' of shape \(32, 10\)"):
+        jc.prune.block(0.5, (4, 4), rule=r"Dense_\d/kernel").init(make_params())

@@ -26,7 +26,16 @@ TRANSFORMS = {
     "mixed-precision": lambda: jc.quant.mixed_precision({"Conv": 8, "Dense_0": 4}, default=2),
     "activations-static": lambda: jc.chain(jc.quant.int8(), jc.quant.activations(8, mode="static")),
     "activations-lsq": lambda: jc.quant.activations(4, mode="lsq", rule="Dense"),
+    "saliency-erk": lambda: jc.prune.saliency(jc.schedules.constant(0.6, frequency=2), distribution="erk"),
+    "movement": lambda: jc.prune.movement(jc.schedules.polynomial(0.0, 0.7, begin=1, end=4)),
+    "n_m-2:4": lambda: jc.prune.n_m(2, 4, rule=r"Dense_\d/kernel"),
+    "rigl": lambda: jc.prune.rigl(0.7, end=10, frequency=2),
 }
+
+
+def fake_grads(params):
+    """Gradient-shaped pytree for transforms whose scores need gradients (others ignore it)."""
+    return jax.tree.map(lambda x: x * 0.5 + 0.25, params)
 
 
 @pytest.fixture(params=sorted(TRANSFORMS))
@@ -45,7 +54,7 @@ def test_shapes_dtypes_and_single_trace(transform, dtype):
         @jax.jit
         def step(params, state):
             traces.append(1)
-            state = transform.update(params, state, None, unused_extra_arg=1.0)
+            state = transform.update(params, state, fake_grads(params), unused_extra_arg=1.0)
             return transform.apply(params, state), state
 
         for _ in range(6):
@@ -63,7 +72,7 @@ def test_shapes_dtypes_and_single_trace(transform, dtype):
 
 def test_apply_is_differentiable(transform):
     params = make_params()
-    state = transform.update(params, transform.init(params))
+    state = transform.update(params, transform.init(params), fake_grads(params))
     grads = jax.grad(lambda p: sum(jnp.sum(x) for x in jax.tree.leaves(transform.apply(p, state))))(params)
     chex.assert_trees_all_equal_shapes_and_dtypes(grads, params)
     chex.assert_tree_all_finite(grads)

@@ -1,78 +1,272 @@
-"""Exact k-smallest selection without sorting: a bitwise threshold search.
+"""Exact k-smallest selection without sorting: an interpolation search on counts.
 
 Scores are mapped to ``uint32`` keys whose integer order is the float order.
-A binary search over the 32 key bits finds the k-th smallest key with 32
-counting passes (each a fused compare-and-sum, no sort, no gather). Entries
-strictly below the threshold are pruned, then ties at the threshold are pruned
-in index order until exactly ``k`` are gone.
+The k-th smallest key ``t`` is found by a search that only ever *counts*: each
+pass over the data counts the keys at or below a few pivots and takes the
+smallest and largest key of the current bracket ``[lo, hi]``, in one fused
+variadic reduction per array (no sort, no gather, no cumulative sum). Pivots
+are placed by interpolating the counts in value space, so a pass typically
+shrinks a bracket of ``m`` keys to a few ``sqrt(m)``; after a miss (or once a
+search runs long) they split the key range evenly, so every search ends within
+``_GUESS_PASSES + 14`` passes (5 to 10 on weights). A bracket is snapped to the
+smallest and largest key inside it, and the search ends when it holds a single
+distinct key (the answer ``t``, with the counts of keys below and at it) or
+when a pivot lands on exactly ``k`` keys (a cut). Entries strictly below ``t``
+are pruned, then ties at ``t`` in index order until exactly ``k`` are gone.
 
-For a global threshold over many leaves (or a sharded leaf) the per-pass work
-is one scalar count per leaf, summed: across devices that is a scalar
-all-reduce, never a gather of the params.
+Many selections run as one batched search (:func:`select`): each *group* of
+arrays (one leaf for a layer-wise threshold, all leaves for a global one) has
+its own bracket, and one loop advances all of them, so a model with hundreds
+of layers compiles one loop, not hundreds.
+
+Every pass reduces each array to a few scalars, so on a sharded model the
+only cross-device traffic is a handful of scalar all-reduces per pass: no
+array is gathered, reshaped across shards or scanned.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
-__all__ = ["keep_largest", "sortable_keys"]
+__all__ = ["keep_largest", "kth_key", "select", "sortable_keys"]
 
-_KEY_BITS = 32
+_KEY_MAX = np.uint32(0xFFFFFFFF)
+_PIVOTS = 5  # pivots per pass
+_OFFSETS = np.array([[-1.0, -0.25, 0.0, 0.25, 1.0]], np.float32)  # around the guess, in units of the spread
+_EVEN = np.arange(1, _PIVOTS + 1, dtype=np.float32)[None, :] / (_PIVOTS + 1)
+_SPREAD = 4.0  # the spread is _SPREAD / sqrt(m) of the bracket (m keys in it), plus its share of the range
+_GUESS_PASSES = 12  # after this many passes, split the key range evenly (a sure shrink by _PIVOTS + 1)
+_MAX_PASSES = 64  # a safety bound, never reached (see the module docstring)
+_MAX_TOTAL = 2**31 - 1  # counts are int32
 
 
 def sortable_keys(scores: jax.Array) -> jax.Array:
-    """``uint32`` keys with ``key(a) < key(b)`` iff ``a < b`` for floats (NaN highest)."""
-    bits = lax.bitcast_convert_type(scores.astype(jnp.float32), jnp.uint32)
+    """``uint32`` keys with ``key(a) < key(b)`` iff ``a < b`` for floats (``-0.0 == 0.0``, NaN highest)."""
+    scores = scores.astype(jnp.float32)
+    scores = jnp.where(scores == 0, jnp.float32(0), scores)  # one key for both zeros
+    bits = lax.bitcast_convert_type(scores, jnp.uint32)
     negative = (bits >> 31) == 1
     return jnp.where(negative, ~bits, bits | jnp.uint32(0x80000000))
 
 
-def _count_le(keys: Sequence[jax.Array], threshold: jax.Array) -> jax.Array:
-    return sum(jnp.sum(k <= threshold, dtype=jnp.int32) for k in keys)
+def _key_value(key: jax.Array) -> jax.Array:
+    """The float32 whose :func:`sortable_keys` key is ``key``."""
+    bits = jnp.where(key >= jnp.uint32(0x80000000), key & jnp.uint32(0x7FFFFFFF), ~key)
+    return lax.bitcast_convert_type(bits, jnp.float32)
 
 
-def kth_key(keys: Sequence[jax.Array], k: jax.Array) -> jax.Array:
-    """Smallest key ``t`` with ``#{keys <= t} >= k`` over all arrays in ``keys``."""
+def _pass(groups: Sequence[Sequence[jax.Array]], pivots: jax.Array, lo: jax.Array, hi: jax.Array):
+    """One pass over all arrays: per group, ``#{key <= p}`` for its pivots, ``min{key >= lo}``, ``max{key <= hi}``.
 
-    def body(i, t):
-        bit = jnp.uint32(1) << (jnp.uint32(_KEY_BITS - 1) - i.astype(jnp.uint32))
-        # Bits are fixed high to low: keep a bit cleared if enough keys lie at or below.
-        candidate = t | (bit - jnp.uint32(1))
-        enough = _count_le(keys, candidate) >= k
-        return jnp.where(enough, t, t | bit)
+    Each array is reduced over all its axes by one variadic reduction (one
+    loop over the data, whatever the number of outputs; on CPU much faster
+    than separate single-output reductions). The extremes use wrapping
+    ``uint32`` differences: keys outside ``[lo, hi]`` wrap above ``hi - lo``,
+    so ``min(key - lo)`` and ``min(hi - key)`` need no select (a bracket
+    always holds a key).
+    """
+    n_piv = pivots.shape[1]
 
-    return lax.fori_loop(0, _KEY_BITS, body, jnp.uint32(0))
+    def combine(a, b):
+        sums = tuple(x + y for x, y in zip(a[:n_piv], b[:n_piv], strict=True))
+        return (*sums, jnp.minimum(a[n_piv], b[n_piv]), jnp.minimum(a[n_piv + 1], b[n_piv + 1]))
+
+    counts, above, below = [], [], []
+    for g, keys in enumerate(groups):
+        outs = []
+        for k in keys:
+            operands = [(k <= pivots[g, j]).astype(jnp.int32) for j in range(n_piv)] + [k - lo[g], hi[g] - k]
+            inits = [jnp.int32(0)] * n_piv + [jnp.uint32(_KEY_MAX)] * 2
+            outs.append(lax.reduce(tuple(operands), tuple(inits), combine, tuple(range(k.ndim))))
+        counts.append(
+            jnp.stack([sum(o[j] for o in outs) for j in range(n_piv)]) if n_piv else jnp.zeros([0], jnp.int32)
+        )
+        above.append(jnp.min(jnp.stack([o[n_piv] for o in outs])))
+        below.append(jnp.min(jnp.stack([o[n_piv + 1] for o in outs])))
+    return jnp.stack(counts), lo + jnp.stack(above), hi - jnp.stack(below)
 
 
-def keep_largest(scores: Sequence[jax.Array], n_prune: jax.Array) -> list[jax.Array]:
-    """Keep-masks pruning exactly ``n_prune`` of the smallest scores over all arrays.
+def _pivots(s: dict, k: jax.Array, by_value: bool) -> jax.Array:
+    """``(G, _PIVOTS)`` pivots inside each bracket ``[lo, hi - 1]``."""
+    range_v = s["range_v"]
+    lo, hi = s["lo"][:, None], s["hi"][:, None]
+    m = (s["ch"] - s["cb"]).astype(jnp.float32)[:, None]
+    guess = ((k - s["cb"]).astype(jnp.float32)[:, None] - 0.5) / m
+    lo_v, hi_v = _key_value(lo), _key_value(hi)
+    # Guess errors: sampling noise ~ 1/sqrt(m), plus the curvature of the
+    # value distribution across the bracket, which shrinks with its share of the range.
+    share = jnp.where(range_v[:, None] > 0, (hi_v - lo_v) / range_v[:, None], 1.0)
+    share = jnp.where(jnp.isfinite(share), share, 1.0)
+    spread = jnp.minimum(0.5, _SPREAD / jnp.sqrt(m) + 1.0 / m + share)
+    # Guesses interpolate values (densities are smooth in value); after a miss,
+    # or once the search runs long, split the key range evenly.
+    guessing = (~s["missed"] & (s["passes"] < _GUESS_PASSES))[:, None]
+    fractions = jnp.clip(jnp.where(guessing, guess + spread * _OFFSETS, _EVEN), 0.0, 1.0)
+    key_pivots = lo + jnp.floor(fractions * (hi - lo).astype(jnp.float32)).astype(jnp.uint32)
+    if by_value:
+        in_value = (guessing | (s["passes"] == 1)) & jnp.isfinite(hi_v - lo_v)
+        key_pivots = jnp.where(in_value, sortable_keys(lo_v + fractions * (hi_v - lo_v)), key_pivots)
+    return jnp.clip(key_pivots, lo, jnp.maximum(hi, jnp.uint32(1)) - 1)
 
-    Ties at the threshold are pruned in order: first array first, then by
-    flattened index.
+
+def kth_keys(groups: Sequence[Sequence[jax.Array]], k: jax.Array, *, by_value: bool = True) -> tuple[jax.Array, ...]:
+    """The ``k[g]``-th smallest key (1-based) over the arrays of each group ``g``.
 
     Args:
-      scores: score arrays (any float dtype, any shapes).
-      n_prune: how many entries to prune in total, ``0 <= n_prune <= total``.
+      groups: ``G`` groups of ``uint32`` key arrays (any shapes; see :func:`sortable_keys`).
+      k: ``(G,)`` ranks, each clamped into ``[1, group size]``.
+      by_value: interpolate in the float values the keys stand for (scores);
+        ``False`` interpolates the keys themselves (integers, e.g. indices).
 
     Returns:
-      One boolean keep-mask per score array, same shapes.
+      ``(t, n_lt, n_le, passes)`` with ``(G,)`` entries: either ``t`` is the
+      ``k``-th smallest key and ``n_lt = #{key < t} < k <= #{key <= t} = n_le``,
+      or the search met a *cut* on the way, a ``t`` with exactly ``k`` keys below
+      it, and ``n_lt = n_le = k``. Either way the ``k`` smallest keys are those
+      below ``t`` plus the first ``k - n_lt`` equal to it. ``passes`` is the
+      number of passes over the data the search took (int32 scalar).
     """
-    keys = [sortable_keys(s).ravel() for s in scores]
-    n_prune = jnp.asarray(n_prune, jnp.int32)
-    threshold = kth_key(keys, n_prune)
-    below = [k < threshold for k in keys]
-    n_below = sum(jnp.sum(b, dtype=jnp.int32) for b in below)
-    ties_left = n_prune - n_below  # ties at the threshold still to prune
-    masks = []
-    offset = jnp.int32(0)
-    for key, low, s in zip(keys, below, scores, strict=True):
-        tie = key == threshold
-        rank = jnp.cumsum(tie, dtype=jnp.int32) + offset  # 1-based rank among all ties so far
-        prune = low | (tie & (rank <= ties_left))
-        offset = offset + jnp.sum(tie, dtype=jnp.int32)
-        masks.append(jnp.reshape(~prune, s.shape))
-    return masks
+    sizes = np.array([sum(math.prod(x.shape) for x in keys) for keys in groups], np.int32)
+    n_groups = len(groups)
+    k = jnp.clip(jnp.asarray(k, jnp.int32), 1, sizes)
+    # A first pass finds each group's smallest and largest key.
+    _, lo, hi = _pass(
+        groups, jnp.zeros((n_groups, 0), jnp.uint32), jnp.zeros(n_groups, jnp.uint32), jnp.full(n_groups, _KEY_MAX)
+    )
+    # Per group: bracket [lo, hi] holding the answer, cb = #{key < lo}, ch = #{key <= hi}.
+    # A group with exactly k keys at or below hi is cut at hi + 1 (lo = hi = hi + 1, cb = ch = k).
+    cut = (k == sizes) & (hi < _KEY_MAX)
+    init = dict(
+        lo=jnp.where(cut, hi + 1, lo),
+        hi=jnp.where(cut, hi + 1, hi),
+        cb=jnp.where(cut, k, 0),
+        ch=jnp.asarray(sizes),
+        missed=jnp.ones(n_groups, jnp.bool_),
+        done=(lo == hi) | cut,
+        range_v=_key_value(hi) - _key_value(lo),
+        passes=jnp.int32(1),
+    )
+
+    def body(s):
+        pivots = _pivots(s, k, by_value)
+        counts, mn, mx = _pass(groups, pivots, s["lo"], s["hi"])
+        # Narrow each bracket to the pivots around k, snapped to the keys in it.
+        below = counts < k[:, None]
+        lo = jnp.maximum(jnp.max(jnp.where(below, pivots + jnp.uint32(1), s["lo"][:, None]), axis=1), mn)
+        cb = jnp.max(jnp.where(below, counts, s["cb"][:, None]), axis=1)
+        hi = jnp.minimum(jnp.min(jnp.where(below, s["hi"][:, None], pivots), axis=1), mx)
+        ch = jnp.min(jnp.where(below, s["ch"][:, None], counts), axis=1)
+        # One distinct key left in the (old) bracket: it is the answer, and the
+        # counts around it are the bracket's. Else go on with the new bracket.
+        single = (mn == mx) & ~s["done"]
+        active = ~s["done"] & ~single
+        # A pivot that landed on exactly k keys is a cut: no need to find the k-th key itself.
+        cut = active & (ch == k) & (hi < _KEY_MAX)
+        lo, hi, cb = jnp.where(cut, hi + 1, lo), jnp.where(cut, hi + 1, hi), jnp.where(cut, k, cb)
+        return dict(
+            lo=jnp.where(single, mn, jnp.where(active, lo, s["lo"])),
+            hi=jnp.where(single, mx, jnp.where(active, hi, s["hi"])),
+            cb=jnp.where(active, cb, s["cb"]),
+            ch=jnp.where(active, ch, s["ch"]),
+            missed=jnp.all(below, axis=1) | ~jnp.any(below, axis=1),
+            done=s["done"] | single | (active & (lo == hi)),
+            range_v=s["range_v"],
+            passes=s["passes"] + 1,
+        )
+
+    out = lax.while_loop(lambda s: ~jnp.all(s["done"]) & (s["passes"] < _MAX_PASSES), body, init)
+    # Done: the bracket is the single key t = lo = hi (or a cut), with cb keys below it and ch at or below.
+    return out["lo"], out["cb"], out["ch"], out["passes"]
+
+
+def kth_key(keys: Sequence[jax.Array], k: jax.typing.ArrayLike) -> tuple[jax.Array, ...]:
+    """The ``k``-th smallest key (1-based) over all arrays in ``keys``: :func:`kth_keys` for one group.
+
+    Returns:
+      ``(t, n_lt, n_le, passes)`` scalars.
+    """
+    t, n_lt, n_le, passes = kth_keys([keys], jnp.reshape(jnp.asarray(k, jnp.int32), (1,)))
+    return t[0], n_lt[0], n_le[0], passes
+
+
+def _flat_index(shape: tuple[int, ...], offset: int) -> jax.Array:
+    """Row-major flat index of every entry (plus ``offset``), built from iotas (shards like its array)."""
+    index = jnp.full(shape, offset, jnp.int32)
+    stride = 1
+    for axis in reversed(range(len(shape))):
+        index = index + lax.broadcasted_iota(jnp.int32, shape, axis) * jnp.int32(stride)
+        stride *= shape[axis]
+    return index
+
+
+@jax.jit
+def select(groups: Sequence[Sequence[jax.Array]], n_prune: Sequence[jax.typing.ArrayLike]) -> list[list[jax.Array]]:
+    """Keep-masks pruning exactly ``n_prune[g]`` of the smallest scores over each group's arrays.
+
+    Ties at a group's threshold are pruned in order: its first array first,
+    then by row-major index. Jitted (inside another ``jit`` it is inlined), so
+    eager calls (``init``, one-shot :func:`jaxcompress.compress`) compile once
+    per shape instead of dispatching op by op.
+
+    Args:
+      groups: groups of score arrays (any float dtype, any shapes).
+      n_prune: per group, how many entries to prune, ``0 <= n <= group size``.
+
+    Returns:
+      Per group, one boolean keep-mask per score array (same shapes).
+    """
+    sizes = [[math.prod(s.shape) for s in scores] for scores in groups]
+    for g, group_sizes in enumerate(sizes):
+        if sum(group_sizes) > _MAX_TOTAL:
+            raise ValueError(
+                f"`scores` group {g} holds {sum(group_sizes)} entries; one selection handles at most "
+                f"{_MAX_TOTAL}. Prune layer by layer (scope='layer') or over fewer leaves at a time."
+            )
+    keys = [[sortable_keys(s) for s in scores] for scores in groups]
+    totals = np.array([sum(g) for g in sizes], np.int32)
+    n = jnp.clip(jnp.stack([jnp.asarray(x, jnp.int32) for x in n_prune]), 0, totals)
+    t, n_lt, n_le, _ = kth_keys(keys, n)
+    ties_left = n - n_lt  # ties at t still to prune, 0 <= ties_left <= n_le - n_lt
+    offsets = [np.cumsum([0, *gs[:-1]]).tolist() for gs in sizes]
+
+    def indices():
+        # Built where used (from iotas, fused into the loop that reads them), never stored.
+        return [
+            [_flat_index(tuple(s.shape), o) for s, o in zip(scores, group_offsets, strict=True)]
+            for scores, group_offsets in zip(groups, offsets, strict=True)
+        ]
+
+    partial = (ties_left > 0) & (ties_left < n_le - n_lt)
+
+    def cutoff_search():
+        # Per group, the ties_left-th smallest flat index among the ties (the
+        # same search, over index keys); prune the ties up to and including it.
+        index_keys = [
+            [jnp.where(k == t[g], x.astype(jnp.uint32), _KEY_MAX) for k, x in zip(group_keys, group_index, strict=True)]
+            for g, (group_keys, group_index) in enumerate(zip(keys, indices(), strict=True))
+        ]
+        rank = jnp.maximum(ties_left, 1)
+        last, below, _, _ = kth_keys(index_keys, rank, by_value=False)
+        return last.astype(jnp.int32) + jnp.where(below == rank, 0, 1)  # a cut is already one past
+
+    # Usually every tie is pruned (cutoff past the end) or none is (cutoff 0).
+    cutoff = jnp.where(ties_left > 0, jnp.int32(_MAX_TOTAL), jnp.int32(0))
+    cutoff = lax.cond(jnp.any(partial), lambda: jnp.where(partial, cutoff_search(), cutoff), lambda: cutoff)
+    return [
+        [
+            ~(((k < t[g]) | ((k == t[g]) & (x < cutoff[g]))) & (n[g] > 0))  # (the search ran for rank 1 when n = 0)
+            for k, x in zip(group_keys, group_index, strict=True)
+        ]
+        for g, (group_keys, group_index) in enumerate(zip(keys, indices(), strict=True))
+    ]
+
+
+def keep_largest(scores: Sequence[jax.Array], n_prune: jax.typing.ArrayLike) -> list[jax.Array]:
+    """Keep-masks pruning exactly ``n_prune`` of the smallest scores over all arrays (one group of :func:`select`)."""
+    return select([scores], [n_prune])[0]

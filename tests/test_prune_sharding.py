@@ -1,0 +1,69 @@
+"""A global threshold on a model sharded over 8 devices: same masks, scalar all-reduces only."""
+
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+import jaxcompress as jc
+
+
+@pytest.fixture(scope="module")
+def mesh():
+    if jax.device_count() < 8:
+        pytest.skip("needs the 8 simulated CPU devices of conftest.py")
+    return Mesh(np.array(jax.devices()[:8]).reshape(4, 2), ("data", "model"))
+
+
+def collectives(compiled_text: str) -> list[tuple[str, int, str]]:
+    """(kind, number of elements, dtype) of every cross-device collective in compiled HLO."""
+    found = []
+    pattern = r"= (.+?) (all-gather|all-reduce|all-to-all|collective-permute|reduce-scatter)"
+    for shapes, kind in re.findall(pattern, compiled_text):
+        for dtype, dims in re.findall(r"([a-z]+[0-9]*)\[([0-9,]*)\]", shapes):
+            size = int(np.prod([int(d) for d in dims.split(",") if d]))
+            found.append((kind, size, dtype))
+    return found
+
+
+def make_params():
+    k = jax.random.split(jax.random.key(0), 3)
+    return {
+        "Dense_0": {"kernel": jax.random.normal(k[0], (64, 64)), "bias": jnp.zeros(64)},
+        "Dense_1": {"kernel": jax.random.normal(k[1], (64, 32)) * 2.0, "bias": jnp.zeros(32)},
+        "Conv_0": {"kernel": jax.random.normal(k[2], (3, 3, 8, 16)) * 0.5},
+    }
+
+
+def shard(mesh, params, conv_spec):
+    specs = {  # model-parallel kernels: outputs over "model", inputs over "data"
+        "Dense_0": {"kernel": P("data", "model"), "bias": P("model")},
+        "Dense_1": {"kernel": P("data", "model"), "bias": P("model")},
+        "Conv_0": {"kernel": conv_spec},
+    }
+    return jax.device_put(params, jax.tree.map(lambda s: NamedSharding(mesh, s), specs))
+
+
+def test_global_refresh_on_sharded_params(mesh):
+    params = make_params()
+    sharded = shard(mesh, params, P(None, None, None, "model"))
+    t = jc.prune.magnitude(0.8, scope="global")
+    state = t.init(params)
+    refresh = jax.jit(lambda p, s: t.update(p, s).masks)
+
+    expected, got = refresh(params, state), refresh(sharded, state)
+    for path in expected:
+        np.testing.assert_array_equal(got[path].unpack(), expected[path].unpack())
+    pruned = sum(int((~m.unpack()).sum()) for m in got.values())
+    assert pruned == round(0.8 * sum(int(np.prod(m.shape)) for m in got.values()))
+
+    found = collectives(refresh.lower(sharded, state).compile().as_text())
+    assert found, "the search does communicate across devices"
+    # Per-device partial counts and extremes only: never params, nor masks (packing
+    # 8 rows per byte stays local where row shards are multiples of 8, as here).
+    assert max(n for _, n, _ in found) <= 8, found
+    assert {dtype for _, _, dtype in found} <= {"s32", "u32"}, found
