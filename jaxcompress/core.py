@@ -53,11 +53,17 @@ __all__ = [
     "learned_params",
     "merge_masks",
     "replace_learned",
+    "safe_increment",
 ]
 
 PyTree = Any
 State = Any
 Masks = dict[str, PackedMask]
+
+
+def safe_increment(count: jax.Array) -> jax.Array:
+    """``count + 1``, saturating at the int32 maximum instead of wrapping (step counters in states)."""
+    return jnp.where(count < jnp.iinfo(jnp.int32).max, count + 1, count)
 
 
 @functools.partial(

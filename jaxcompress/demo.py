@@ -1,9 +1,10 @@
 """The main job: joint pruning + int8 on the embedded digits, exported and reloaded.
 
 Trains a small MLP on scikit-learn's digits, fine-tunes it with gradual
-magnitude pruning and int8 weight fake quantization jointly, exports the int8
-program to a ``.jcx`` artifact, loads it back (as a deployment would) and
-reports the loaded artifact's own accuracy and bytes against float32.
+magnitude pruning, int8 weight fake quantization and int8 activations (static
+ranges from running statistics) jointly, exports the int8 program to a
+``.jcx`` artifact, loads it back (as a deployment would) and reports the
+loaded artifact's own accuracy and bytes against float32.
 """
 
 from __future__ import annotations
@@ -84,13 +85,18 @@ def run(config: DemoConfig = DemoConfig()) -> DemoResult:
     pruning = prune.magnitude(
         schedules.polynomial(0.0, config.sparsity, begin=0, end=int(config.compress_steps * 0.6), frequency=10)
     )
-    recipe = chain(pruning, quant.symmetric(config.bits))
+    recipe = chain(pruning, quant.symmetric(config.bits), quant.activations(8, mode="static"))
     tx = optim.with_compression(optax.adamw(config.learning_rate, weight_decay=1e-4), recipe)
     bar = "joint compression" if config.progress else None
     params, opt_state, _ = fit(apply_fn, params, tx, stream, config.compress_steps, recipe=recipe, progress=bar)
     cstate = optim.compression_state(opt_state)
     compressed = recipe.apply(params, cstate)
-    fake_quant_acc = accuracy(apply_fn, compressed, ds.x_test, ds.y_test)
+
+    def fake_quant_fn(p: Any, x: jax.Array) -> jax.Array:
+        with quant.quantize_activations(cstate):
+            return model.apply({"params": p}, x)
+
+    fake_quant_acc = accuracy(fake_quant_fn, compressed, ds.x_test, ds.y_test)
 
     kernels = list(cstate[0].masks)
     flat_compressed, _ = paths.flatten(compressed)

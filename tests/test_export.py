@@ -134,7 +134,7 @@ def test_measured_dispatch_is_reported(trained):
     for path in ("Conv_1", "Dense_1"):
         info = layers_report[path]
         assert info["int8_s"] > 0 and info["float_s"] > 0
-        assert info["compute"] == ("int8" if info["int8_s"] <= info["float_s"] else "float32")
+        assert info["compute"] == ("int8" if info["int8_s"] < info["float_s"] else "float32")
 
 
 @pytest.mark.parametrize("signed", [False, True])

@@ -146,9 +146,10 @@ class Artifact:
         self.weights = weights
         self.metadata = metadata
         self._call: Callable = jax.jit(exported.call)
+        self._device_weights = jax.device_put(weights)  # once, not a host copy per call
 
     def __call__(self, x: Any) -> jax.Array:
-        return self._call(self.weights, x)
+        return self._call(self._device_weights, x)
 
     def __repr__(self) -> str:
         x, y = self.exported.in_avals[-1], self.exported.out_avals

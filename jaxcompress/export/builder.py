@@ -87,8 +87,10 @@ def int8(
         inputs the recipe leaves in float quantize them dynamically to int8
         (the report notes which). ``"dynamic"``: every integer layer quantizes
         its input per call to symmetric int8. Or ``{module_path: InputQuant}``.
-      dispatch: ``"measure"`` (time each layer both ways on this backend and
-        keep the faster), ``"int8"``, ``"float"``, or ``{module_path: choice}``.
+      dispatch: ``"measure"`` (decide each layer on this backend by timing the
+        whole program with that layer int8 and float, at ``example``'s batch
+        size; the report gives both program times per layer), ``"int8"``,
+        ``"float"``, or ``{module_path: choice}``.
       remove_pruned_channels: physically remove all-zero output channels and
         the inputs they feed (see :mod:`jaxcompress.export.structured`); the
         report's ``notes`` say what was removed and what could not be, and why.
@@ -154,23 +156,15 @@ def int8(
         removal = _remove_channels(model, float_vars, example, apply_kwargs, plans, candidates, calls)
         notes.extend(removal.notes)
 
-    float_args = {"layers": {p: c.candidates["float"] for p, c in candidates.items()}, "variables": float_vars}
-    layer_inputs: dict[str, Any] = {}
-    program.Program(model, {p: pl._replace(integer=False) for p, pl in plans.items()}, apply_kwargs).run(
-        float_args, example, record=layer_inputs
-    )
-    timings = {}
-    for path, plan in list(plans.items()):
-        if plan.kind not in ("dense", "conv"):
-            continue
-        choice = dispatch.get(path, "measure") if isinstance(dispatch, Mapping) else dispatch
-        if "int8" not in candidates[path].candidates:
-            choice = "float"
-        if choice == "measure":
-            timings[path] = _measure(plan, candidates[path].candidates, layer_inputs[path])
-            choice = "int8" if timings[path]["int8_s"] <= timings[path]["float_s"] else "float"
-        plans[path] = plan._replace(integer=choice == "int8")
-        weights[path] = candidates[path].candidates["int8" if choice == "int8" else "float"]
+    choices = {}
+    for path, plan in plans.items():
+        if plan.kind in ("dense", "conv"):
+            choice = dispatch.get(path, "measure") if isinstance(dispatch, Mapping) else dispatch
+            choices[path] = "float" if "int8" not in candidates[path].candidates else choice
+    timings = _measure_in_program(model, plans, candidates, float_vars, apply_kwargs, example, choices)
+    for path, choice in choices.items():
+        plans[path] = plans[path]._replace(integer=choice == "int8")
+        weights[path] = candidates[path].candidates[choice]
 
     variables_left = _without(float_vars, [p for p, pl in plans.items() if pl.kind != "module"])
     fn = program.Program(model, plans, apply_kwargs)
@@ -336,21 +330,42 @@ def _find_call(calls, path: str):
     return next(c for c in calls if c.path == path)
 
 
-def _measure(plan: program.LayerPlan, candidates: dict, x) -> dict[str, float]:
-    def run(integer: bool, w: dict):
-        if plan.kind == "dense":
-            fn = jax.jit(lambda w, x: layers.dense(x, w, plan.spec, integer=integer))
-        else:
-            fn = jax.jit(lambda w, x: layers.conv(x, w, plan.spec, plan.conv, integer=integer))
-        return program.timed(fn, (w, x))
+def _measure_in_program(model, plans, candidates, float_vars, apply_kwargs, example, choices) -> dict:
+    """Resolves ``"measure"`` in ``choices`` (in place) by timing the whole program; returns the timings.
 
-    if "int8" not in candidates:
-        return {"float_s": run(False, candidates["float"]), "int8_s": float("inf")}
-    int8_s, float_s = [], []
-    for _ in range(3):  # interleaved, so drift hits both alike
-        int8_s.append(run(True, candidates["int8"]))
-        float_s.append(run(False, candidates["float"]))
-    return {"int8_s": float(np.median(int8_s)), "float_s": float(np.median(float_s))}
+    A layer timed alone misleads: XLA:CPU runs a convolution whose output is
+    the program's result several times slower than the same convolution
+    feeding a pooling op. So each measured layer is decided inside the whole
+    program: starting from float for every measured layer, layers are flipped
+    to int8 one at a time, in program order, and a flip is kept when the
+    program gets faster (programs timed interleaved, median of each).
+    """
+    measured = [p for p, c in choices.items() if c == "measure"]
+    for path in measured:
+        choices[path] = "float"
+    if not measured:
+        return {}
+    variables_left = _without(float_vars, [p for p, pl in plans.items() if pl.kind != "module"])
+
+    def build(assignment: dict[str, str]):
+        planned = {
+            p: pl._replace(integer=assignment[p] == "int8") if p in assignment else pl for p, pl in plans.items()
+        }
+        args = {"layers": {p: candidates[p].candidates[c] for p, c in assignment.items()}, "variables": variables_left}
+        fn = program.Program(model, planned, apply_kwargs)
+        return jax.jit(lambda w, x: fn(w, x)), jax.tree.map(jnp.asarray, args)
+
+    timings = {}
+    current = build(choices)
+    for path in measured:
+        flipped_choices = {**choices, path: "int8"}
+        flipped = build(flipped_choices)
+        float_s, int8_s = program.timed_interleaved([current, flipped], example)
+        timings[path] = {"int8_s": int8_s, "float_s": float_s}
+        if int8_s < float_s:
+            choices[path] = "int8"
+            current = flipped
+    return timings
 
 
 def _without(variables: Mapping[str, Any], plans: list[str]) -> dict:

@@ -155,15 +155,18 @@ def uses_running_average(call: Call) -> bool:
     return bool(flag)
 
 
-def timed(fn: Callable, args: tuple, *, repeats: int = 30) -> float:
-    """Median seconds of ``fn(*args)`` after warm-up (for per-layer dispatch)."""
+def timed_interleaved(programs: list[tuple[Callable, Any]], x, *, rounds: int = 3, repeats: int = 10) -> list[float]:
+    """Median seconds of each ``fn(args, x)``, after warm-up, runs interleaved so drift hits all alike."""
     import time
 
-    for _ in range(3):
-        jax.block_until_ready(fn(*args))
-    samples = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        samples.append(time.perf_counter() - start)
-    return float(np.median(samples))
+    for fn, args in programs:
+        for _ in range(3):
+            jax.block_until_ready(fn(args, x))
+    samples: list[list[float]] = [[] for _ in programs]
+    for _ in range(rounds):
+        for i, (fn, args) in enumerate(programs):
+            for _ in range(repeats):
+                start = time.perf_counter()
+                jax.block_until_ready(fn(args, x))
+                samples[i].append(time.perf_counter() - start)
+    return [float(np.median(s)) for s in samples]

@@ -26,8 +26,8 @@ from jax import lax
 from jaxcompress import _validate, core
 from jaxcompress import masks as packed
 from jaxcompress import paths as paths_lib
+from jaxcompress.core import safe_increment
 from jaxcompress.prune import distributions, threshold
-from jaxcompress.prune.pruner import safe_increment
 from jaxcompress.prune.scores import hash_uniform
 from jaxcompress.prune.ste import apply_straight_through
 

@@ -10,10 +10,10 @@ import jax
 from jaxcompress import core, schedules
 from jaxcompress import masks as packed
 from jaxcompress import paths as paths_lib
-from jaxcompress.prune.pruner import pruner, safe_increment
+from jaxcompress.prune.pruner import pruner
 from jaxcompress.prune.structures import n_prune as n_to_prune
 
-__all__ = ["MagnitudeState", "magnitude", "n_to_prune", "safe_increment"]
+__all__ = ["MagnitudeState", "magnitude", "n_to_prune"]
 
 
 class MagnitudeState(NamedTuple):

@@ -26,7 +26,7 @@ from jaxcompress import paths as paths_lib
 from jaxcompress.prune import distributions, structures
 from jaxcompress.prune import scores as scores_lib
 
-__all__ = ["PrunerState", "pruner", "safe_increment"]
+__all__ = ["PrunerState", "pruner"]
 
 SCOPES = ("layer", "global")
 
@@ -38,11 +38,6 @@ class PrunerState(NamedTuple):
     sparsity: jax.Array  # shape=(), dtype=float32: schedule target at the latest mask refresh
     masks: dict[str, packed.PackedMask]  # keep-masks of the selected leaves, by path
     scores: dict[str, jax.Array]  # running score sums by path (accumulating scores), else {}
-
-
-def safe_increment(count: jax.Array) -> jax.Array:
-    """``count + 1``, saturating at the int32 maximum instead of wrapping."""
-    return jnp.where(count < jnp.iinfo(jnp.int32).max, count + 1, count)
 
 
 def check_scope(scope: Any) -> str:
@@ -202,7 +197,7 @@ def pruner(
             lambda: dict(state.masks),
         )
         sparsity_now = jnp.where(do_refresh, target, state.sparsity)
-        return make_state(safe_increment(step), sparsity_now, masks, sums)
+        return make_state(core.safe_increment(step), sparsity_now, masks, sums)
 
     def apply(params: Any, state) -> Any:
         def mask_leaf(path: str, w: jax.Array) -> jax.Array:

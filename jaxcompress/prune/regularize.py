@@ -22,7 +22,7 @@ import optax
 
 from jaxcompress import core
 from jaxcompress import paths as paths_lib
-from jaxcompress.prune.pruner import safe_increment
+from jaxcompress.core import safe_increment
 
 __all__ = [
     "ProximalState",

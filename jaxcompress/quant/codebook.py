@@ -47,7 +47,7 @@ from jax import lax
 
 from jaxcompress import _validate, core
 from jaxcompress import paths as paths_lib
-from jaxcompress.prune.magnitude import safe_increment
+from jaxcompress.core import safe_increment
 from jaxcompress.quant import affine as affine_lib
 from jaxcompress.quant.ste import straight_through
 
