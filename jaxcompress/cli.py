@@ -24,7 +24,7 @@ def _demo(args: argparse.Namespace) -> int:
     print()
     print(
         f"jaxcompress demo: MLP 64-256-128-10 on scikit-learn digits, "
-        f"{args.sparsity:.0%} magnitude pruning + int{args.bits} weights, jointly fine-tuned"
+        f"{args.sparsity:.0%} magnitude pruning + int{args.bits} weights + int8 activations, jointly fine-tuned"
     )
     print(result.table())
     print(
