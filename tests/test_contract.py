@@ -30,6 +30,12 @@ TRANSFORMS = {
     "movement": lambda: jc.prune.movement(jc.schedules.polynomial(0.0, 0.7, begin=1, end=4)),
     "n_m-2:4": lambda: jc.prune.n_m(2, 4, rule=r"Dense_\d/kernel"),
     "rigl": lambda: jc.prune.rigl(0.7, end=10, frequency=2),
+    "set": lambda: jc.prune.set_(0.6, frequency=2),
+    "random-global": lambda: jc.prune.random(0.5, scope="global"),
+    "snip": lambda: jc.prune.snip(0.6),
+    "channel-l1": lambda: jc.prune.channel(jc.schedules.constant(0.5, frequency=3), norm="l1"),
+    "block-2x2": lambda: jc.prune.block(0.5, (2, 2)),
+    "ste-n_m": lambda: jc.prune.ste(jc.prune.n_m(2, 4, rule=r"Dense_\d/kernel")),
 }
 
 

@@ -67,3 +67,30 @@ def test_global_refresh_on_sharded_params(mesh):
     # 8 rows per byte stays local where row shards are multiples of 8, as here).
     assert max(n for _, n, _ in found) <= 8, found
     assert {dtype for _, _, dtype in found} <= {"s32", "u32"}, found
+
+
+def test_row_shards_not_a_multiple_of_8_still_give_the_same_masks(mesh):
+    # 36 rows over 4 devices: 9 rows per shard, so a mask byte (8 rows) straddles
+    # shards. XLA may then move mask bytes between devices, but the masks, the
+    # exact count and the masked weights must not change.
+    k = jax.random.split(jax.random.key(1), 2)
+    params = {
+        "Dense_0": {"kernel": jax.random.normal(k[0], (36, 64))},
+        "Dense_1": {"kernel": jax.random.normal(k[1], (36, 32)) * 3.0},
+    }
+    spec = NamedSharding(mesh, P("data", "model"))
+    sharded = jax.device_put(params, {"Dense_0": {"kernel": spec}, "Dense_1": {"kernel": spec}})
+    t = jc.prune.magnitude(0.7, scope="global")
+    state = t.init(params)
+    step = jax.jit(lambda p, s: (lambda s2: (t.apply(p, s2), s2.masks))(t.update(p, s)))
+
+    (want_params, want_masks), (got_params, got_masks) = step(params, state), step(sharded, state)
+    for path in want_masks:
+        np.testing.assert_array_equal(got_masks[path].unpack(), want_masks[path].unpack())
+    np.testing.assert_array_equal(got_params["Dense_0"]["kernel"], want_params["Dense_0"]["kernel"])
+    pruned = sum(int((~m.unpack()).sum()) for m in got_masks.values())
+    assert pruned == round(0.7 * (36 * 64 + 36 * 32))
+    # The pruned weights are the smallest: every kept |w| >= every pruned |w|.
+    flat = np.concatenate([np.asarray(params[p]["kernel"]).ravel() for p in ("Dense_0", "Dense_1")])
+    keep = np.concatenate([np.asarray(got_masks[f"{p}/kernel"].unpack()).ravel() for p in ("Dense_0", "Dense_1")])
+    assert np.abs(flat[keep]).min() >= np.abs(flat[~keep]).max()
