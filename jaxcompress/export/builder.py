@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -117,7 +116,7 @@ def int8(
             )
 
     in_specs, out_specs = _activation_specs(activations, cstate)
-    plans, weights, candidates, notes = {}, {}, {}, []
+    plans, candidates, notes = {}, {}, []
     unquantized_inputs = []
     seen = set()
     for call in calls:
@@ -161,14 +160,11 @@ def int8(
         if plan.kind in ("dense", "conv"):
             choice = dispatch.get(path, "measure") if isinstance(dispatch, Mapping) else dispatch
             choices[path] = "float" if "int8" not in candidates[path].candidates else choice
-    timings = _measure_in_program(model, plans, candidates, float_vars, apply_kwargs, example, choices)
-    for path, choice in choices.items():
-        plans[path] = plans[path]._replace(integer=choice == "int8")
-        weights[path] = candidates[path].candidates[choice]
-
     variables_left = _without(float_vars, [p for p, pl in plans.items() if pl.kind != "module"])
+    timings = _measure_in_program(model, plans, candidates, variables_left, apply_kwargs, example, choices)
+    plans = _with_choices(plans, choices)
     fn = program.Program(model, plans, apply_kwargs)
-    args = jax.tree.map(_canonical, {"layers": weights, "variables": variables_left})
+    args = jax.tree.map(_canonical, _program_args(candidates, choices, variables_left))
     x_spec = jax.ShapeDtypeStruct((*jax.export.symbolic_shape("b"), *example.shape[1:]), example.dtype)
     w_spec = jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a), np.asarray(a).dtype), args)
 
@@ -330,7 +326,17 @@ def _find_call(calls, path: str):
     return next(c for c in calls if c.path == path)
 
 
-def _measure_in_program(model, plans, candidates, float_vars, apply_kwargs, example, choices) -> dict:
+def _with_choices(plans: dict, choices: Mapping[str, str]) -> dict:
+    """``plans`` with each chosen layer on its integer or float path."""
+    return {p: pl._replace(integer=choices[p] == "int8") if p in choices else pl for p, pl in plans.items()}
+
+
+def _program_args(candidates: Mapping[str, _Layer], choices: Mapping[str, str], variables_left) -> dict:
+    """The program's weight arguments: each layer's chosen candidate, plus the variables it still reads."""
+    return {"layers": {p: candidates[p].candidates[c] for p, c in choices.items()}, "variables": variables_left}
+
+
+def _measure_in_program(model, plans, candidates, variables_left, apply_kwargs, example, choices) -> dict:
     """Resolves ``"measure"`` in ``choices`` (in place) by timing the whole program; returns the timings.
 
     A layer timed alone misleads: XLA:CPU runs a convolution whose output is
@@ -345,14 +351,10 @@ def _measure_in_program(model, plans, candidates, float_vars, apply_kwargs, exam
         choices[path] = "float"
     if not measured:
         return {}
-    variables_left = _without(float_vars, [p for p, pl in plans.items() if pl.kind != "module"])
 
     def build(assignment: dict[str, str]):
-        planned = {
-            p: pl._replace(integer=assignment[p] == "int8") if p in assignment else pl for p, pl in plans.items()
-        }
-        args = {"layers": {p: candidates[p].candidates[c] for p, c in assignment.items()}, "variables": variables_left}
-        fn = program.Program(model, planned, apply_kwargs)
+        fn = program.Program(model, _with_choices(plans, assignment), apply_kwargs)
+        args = _program_args(candidates, assignment, variables_left)
         return jax.jit(lambda w, x: fn(w, x)), jax.tree.map(jnp.asarray, args)
 
     timings = {}
@@ -370,9 +372,9 @@ def _measure_in_program(model, plans, candidates, float_vars, apply_kwargs, exam
 
 def _without(variables: Mapping[str, Any], plans: list[str]) -> dict:
     """Variables minus the params (and batch stats) of the modules the program replaces: it never reads them."""
-    out = copy.copy(dict(variables))
+    out = dict(variables)
     for collection in list(out):
-        tree = copy.deepcopy(jax.tree.map(lambda a: a, out[collection]))
+        tree = jax.tree.map(lambda a: a, out[collection])  # fresh containers to pop from; arrays shared
         for path in plans:
             *parents, leaf = path.split("/")
             node = tree

@@ -41,10 +41,6 @@ class Program(NamedTuple):
     apply_kwargs: dict[str, Any]
 
     def __call__(self, weights: dict[str, Any], x: jax.Array) -> jax.Array:
-        return self.run(weights, x)
-
-    def run(self, weights: dict[str, Any], x: jax.Array, record: dict[str, Any] | None = None) -> jax.Array:
-        """The program; ``record`` (optional) receives each planned layer's input by path."""
         layer_weights = weights["layers"]
 
         def interceptor(next_fun, args, kwargs, context):
@@ -62,8 +58,6 @@ class Program(NamedTuple):
                     args = (layers.fake_quantize_input(inputs, plan.spec).astype(inputs.dtype), *args[1:])
                 out = next_fun(*args, **kwargs)
             else:
-                if record is not None:
-                    record[path] = inputs
                 w = layer_weights[path]
                 if plan.kind == "dense":
                     out = layers.dense(inputs, w, plan.spec, integer=plan.integer)
