@@ -39,10 +39,6 @@ class PackedMask:
         _check_same_shape(self, other)
         return PackedMask(self.bits & ~other.bits, self.shape)
 
-    def any(self) -> jax.Array:
-        """Whether any entry is kept (padding bits are always zero)."""
-        return jnp.any(self.bits != 0)
-
 
 def _check_same_shape(a: PackedMask, b: PackedMask) -> None:
     if a.shape != b.shape:

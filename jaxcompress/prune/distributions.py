@@ -31,7 +31,10 @@ import numpy as np
 from jaxcompress import _validate
 from jaxcompress import paths as paths_lib
 
-__all__ = ["DISTRIBUTIONS", "check_distribution", "erk", "layer_sparsities", "resolve_overrides"]
+__all__ = ["DISTRIBUTIONS", "Overrides", "check_distribution", "erk", "layer_sparsities", "resolve_overrides"]
+
+Overrides = Mapping[paths_lib.Rule, float] | None
+"""``{rule: sparsity}`` for the leaves that take their own sparsity, or None."""
 
 DISTRIBUTIONS = ("uniform", "erk")
 
@@ -72,9 +75,7 @@ def erk(shapes: Sequence[tuple[int, ...]], sparsity: jax.typing.ArrayLike) -> li
     return [jnp.clip(1.0 - density[i], 0.0, 1.0) for i in range(len(shapes))]
 
 
-def resolve_overrides(
-    overrides: Mapping[paths_lib.Rule, float] | None, paths: Sequence[str], flat: Mapping[str, Any]
-) -> dict[str, float]:
+def resolve_overrides(overrides: Overrides, paths: Sequence[str], flat: Mapping[str, Any]) -> dict[str, float]:
     """``{path: sparsity}`` for the selected leaves matched by an override rule."""
     if overrides is None:
         return {}

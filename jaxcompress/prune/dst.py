@@ -28,7 +28,7 @@ from jaxcompress import masks as packed
 from jaxcompress import paths as paths_lib
 from jaxcompress.core import safe_increment
 from jaxcompress.prune import distributions, threshold
-from jaxcompress.prune.scores import hash_uniform
+from jaxcompress.prune.scores import hash_uniform, leaf_salt
 from jaxcompress.prune.ste import apply_straight_through
 
 __all__ = ["RigLState", "SETState", "rigl", "set_"]
@@ -49,10 +49,6 @@ class RigLState(NamedTuple):
 
     count: jax.Array  # shape=(), dtype=int32: updates done so far (saturating)
     masks: dict[str, packed.PackedMask]  # keep-masks of the selected leaves, by path
-
-
-def _salt(seed: int, leaf: int) -> int:
-    return (seed * 1_000_003 + leaf) % 2**32
 
 
 def _lowest_first(keep: jax.Array, scores: jax.Array) -> jax.Array:
@@ -103,7 +99,7 @@ def _dynamic(
         _validate.check_finite_leaves(flat, selected)
         kept = kept_counts(selected, flat)
         scores = [
-            hash_uniform(tuple(jnp.shape(flat[p])), _salt(seed, i))
+            hash_uniform(tuple(jnp.shape(flat[p])), leaf_salt(seed, i))
             if init_mask == "random"
             else jnp.abs(flat[p].astype(jnp.float32))
             for i, p in enumerate(selected)
@@ -125,7 +121,7 @@ def _dynamic(
             for p, size in zip(paths, sizes, strict=True)
         ]
         if grads is None:
-            grow_scores = [hash_uniform(masks[p].shape, _salt(seed, i) + step * 7919) for i, p in enumerate(paths)]
+            grow_scores = [hash_uniform(masks[p].shape, leaf_salt(seed, i) + step * 7919) for i, p in enumerate(paths)]
         else:
             grow_scores = [jnp.abs(grads[p].astype(jnp.float32)) for p in paths]
         # One batched selection. Drop: each leaf keeps the kept - k largest |w| of

@@ -11,9 +11,8 @@ from jaxcompress import core, schedules
 from jaxcompress import masks as packed
 from jaxcompress import paths as paths_lib
 from jaxcompress.prune.pruner import pruner
-from jaxcompress.prune.structures import n_prune as n_to_prune
 
-__all__ = ["MagnitudeState", "magnitude", "n_to_prune"]
+__all__ = ["MagnitudeState", "magnitude"]
 
 
 class MagnitudeState(NamedTuple):

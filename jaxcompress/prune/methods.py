@@ -9,7 +9,6 @@ passes the raw gradients of each step.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import NamedTuple
 
 import jax
@@ -17,6 +16,7 @@ import jax
 from jaxcompress import core, schedules
 from jaxcompress import masks as packed
 from jaxcompress import paths as paths_lib
+from jaxcompress.prune.distributions import Overrides
 from jaxcompress.prune.pruner import pruner
 
 __all__ = [
@@ -29,8 +29,6 @@ __all__ = [
     "saliency",
     "snip",
 ]
-
-Overrides = Mapping[paths_lib.Rule, float] | None
 
 
 class RandomState(NamedTuple):

@@ -148,7 +148,7 @@ def pruner(
         leaf_scores = []
         for i, p in enumerate(paths):
             g = grads[p] if grads is not None else None
-            salt = (seed * 1_000_003 + i) % 2**32
+            salt = scores_lib.leaf_salt(seed, i)
             leaf_scores.append(structure.unit_scores(score(weights[p], g, sums.get(p), salt)))
         units = [structure.num_units(s) for s in shapes]
         fixed_at = [fixed.get(p) for p in paths]

@@ -22,7 +22,12 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-__all__ = ["SCORES", "Score", "as_score", "hash_uniform"]
+__all__ = ["SCORES", "Score", "as_score", "hash_uniform", "leaf_salt"]
+
+
+def leaf_salt(seed: int, leaf: int) -> int:
+    """The random-score salt of the ``leaf``-th selected leaf under ``seed`` (a uint32)."""
+    return (seed * 1_000_003 + leaf) % 2**32
 
 
 def hash_uniform(shape: tuple[int, ...], salt: jax.typing.ArrayLike) -> jax.Array:

@@ -7,7 +7,7 @@ Each factory is :func:`jaxcompress.prune.pruner` with a structure from
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import jax
@@ -17,11 +17,10 @@ from jaxcompress import masks as packed
 from jaxcompress import paths as paths_lib
 from jaxcompress.prune import scores as scores_lib
 from jaxcompress.prune import structures
+from jaxcompress.prune.distributions import Overrides
 from jaxcompress.prune.pruner import pruner
 
 __all__ = ["BlockState", "ChannelState", "NMState", "block", "channel", "n_m"]
-
-Overrides = Mapping[paths_lib.Rule, float] | None
 
 
 class NMState(NamedTuple):
