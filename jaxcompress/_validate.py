@@ -9,6 +9,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxcompress import paths as paths_lib
+
 
 def is_concrete(x: Any) -> bool:
     """True when ``x`` holds values (not a tracer inside ``jit``/``grad``)."""
@@ -39,6 +41,18 @@ def check_finite_leaves(flat: Mapping[str, Any], paths: list[str], *, argument: 
                 f"`{argument}` leaf {p!r} holds {n_bad} NaN/Inf value(s) out of {arr.size}; "
                 f"expected finite values. Check the training run that produced them."
             )
+
+
+def selected_weights(rule: Any, params: Any) -> tuple[dict[str, Any], list[str]]:
+    """``(flat params, paths selected by rule)``, the selected leaves checked to be finite floats.
+
+    What every method's ``init`` does first.
+    """
+    flat, _ = paths_lib.flatten(params)
+    selected = paths_lib.select(rule, params)
+    check_float_leaves(flat, selected)
+    check_finite_leaves(flat, selected)
+    return flat, selected
 
 
 def check_fraction(value: Any, *, argument: str, allow_one: bool = False) -> float:

@@ -93,10 +93,7 @@ def _dynamic(
             return {p: n - round(float(sl) * n) for p, n, sl in zip(paths, sizes, per_leaf, strict=True)}
 
     def init(params: Any):
-        flat, _ = paths_lib.flatten(params)
-        selected = paths_lib.select(selector, params)
-        _validate.check_float_leaves(flat, selected)
-        _validate.check_finite_leaves(flat, selected)
+        flat, selected = _validate.selected_weights(selector, params)
         kept = kept_counts(selected, flat)
         scores = [
             hash_uniform(tuple(jnp.shape(flat[p])), leaf_salt(seed, i))

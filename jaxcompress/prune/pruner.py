@@ -131,10 +131,7 @@ def pruner(
         return state_type(**fields)
 
     def init(params: Any):
-        flat, _ = paths_lib.flatten(params)
-        selected = paths_lib.select(selector, params)
-        _validate.check_float_leaves(flat, selected)
-        _validate.check_finite_leaves(flat, selected)
+        flat, selected = _validate.selected_weights(selector, params)
         for p in selected:
             structure.check(p, tuple(jnp.shape(flat[p])))
         distributions.resolve_overrides(overrides, selected, flat)  # errors early

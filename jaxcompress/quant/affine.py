@@ -298,10 +298,11 @@ def quantize(
     _, codes, scale, zp = quantize_leaf(
         x, bits, symmetric=symmetric, signed=signed, narrow=narrow, granularity=granularity, key=key
     )
-    return _integer_weights(codes, scale, zp, bits, signed, granularity, x.ndim)
+    return integer_weights(codes, scale, zp, bits, signed, granularity, x.ndim)
 
 
-def _integer_weights(codes, scale, zp, bits, signed, granularity, ndim) -> core.IntegerWeights:
+def integer_weights(codes, scale, zp, bits, signed, granularity, ndim, codebook=None) -> core.IntegerWeights:
+    """The :class:`jaxcompress.core.IntegerWeights` of a quantized leaf of rank ``ndim``."""
     _, group_axis = granularity.axes(ndim)
     return core.IntegerWeights(
         codes.astype(_code_dtype(signed)),
@@ -310,6 +311,7 @@ def _integer_weights(codes, scale, zp, bits, signed, granularity, ndim) -> core.
         bits,
         group_axis=group_axis,
         group_size=granularity.group_size if group_axis is not None else None,
+        codebook=codebook,
     )
 
 
@@ -382,10 +384,7 @@ def uniform(
     stochastic = rounding == "stochastic"
 
     def init(params: Any) -> UniformState:
-        flat, _ = paths_lib.flatten(params)
-        selected = paths_lib.select(selector, params)
-        _validate.check_float_leaves(flat, selected)
-        _validate.check_finite_leaves(flat, selected)
+        flat, selected = _validate.selected_weights(selector, params)
         for p in selected:
             granularity.check(tuple(jnp.shape(flat[p])), where=f"leaf {p!r}")
         key = jax.random.key_data(jax.random.key(seed))
@@ -408,7 +407,7 @@ def uniform(
         out = {}
         for p, w in core.leaves_at(params, list(state.bits)).items():
             _, codes, scale, zp = leaf(p, w, state)
-            out[p] = _integer_weights(codes, scale, zp, bits, signed, granularity, w.ndim)
+            out[p] = integer_weights(codes, scale, zp, bits, signed, granularity, w.ndim)
         return out
 
     return core.Transform(init, update, apply, lambda state: {}, integer)

@@ -195,10 +195,7 @@ def kmeans(
     k = 2**bits
 
     def init(params: Any) -> KMeansState:
-        flat, _ = paths_lib.flatten(params)
-        selected = paths_lib.select(selector, params)
-        _validate.check_float_leaves(flat, selected)
-        _validate.check_finite_leaves(flat, selected)
+        flat, selected = _validate.selected_weights(selector, params)
         codebooks, assignments, reserved = {}, {}, {}
         for p in selected:
             codebooks[p], assignments[p], reserved[p] = _cluster_jit(flat[p], k, iterations, keep_zeros)

@@ -161,10 +161,7 @@ def lsq(
     selector = paths_lib.as_selector(rule)
 
     def init(params: Any) -> LSQState:
-        flat, _ = paths_lib.flatten(params)
-        selected = paths_lib.select(selector, params)
-        _validate.check_float_leaves(flat, selected)
-        _validate.check_finite_leaves(flat, selected)
+        flat, selected = _validate.selected_weights(selector, params)
         for p in selected:
             granularity.check(tuple(jnp.shape(flat[p])), where=f"leaf {p!r}")
         steps = {p: lsq_init_step(flat[p], bits, signed=signed, granularity=granularity) for p in selected}
@@ -185,15 +182,7 @@ def lsq(
         for p, w in core.leaves_at(params, list(state.learned.values)).items():
             _, codes = leaf(p, w, state)
             scale = jnp.maximum(jnp.asarray(state.learned.values[p], jnp.float32), MIN_STEP)
-            _, group_axis = granularity.axes(w.ndim)
-            out[p] = core.IntegerWeights(
-                codes.astype(jnp.int8 if signed else jnp.uint8),
-                scale,
-                None,
-                bits,
-                group_axis=group_axis,
-                group_size=granularity.group_size if group_axis is not None else None,
-            )
+            out[p] = affine_lib.integer_weights(codes, scale, None, bits, signed, granularity, w.ndim)
         return out
 
     return core.Transform(init, update, apply, lambda state: {}, integer)

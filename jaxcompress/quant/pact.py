@@ -31,6 +31,8 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from jaxcompress.quant.affine import reciprocal
+
 __all__ = ["pact_fake_quant", "pact_scale"]
 
 MIN_ALPHA = 1e-6
@@ -67,7 +69,7 @@ def pact_fake_quant(x: jax.Array, alpha: jax.Array, bits: int) -> jax.Array:
 
 def _forward(x, alpha, bits):
     s = pact_scale(alpha, bits)
-    q = jnp.clip(jnp.round(x.astype(jnp.float32) * (jnp.float32(1.0) / s)), 0.0, jnp.float32(2**bits - 1))
+    q = jnp.clip(jnp.round(x.astype(jnp.float32) * reciprocal(s)), 0.0, jnp.float32(2**bits - 1))
     return (q * s).astype(x.dtype)
 
 

@@ -113,10 +113,7 @@ def log2(
     selector = paths_lib.as_selector(rule)
 
     def init(params: Any) -> Log2State:
-        flat, _ = paths_lib.flatten(params)
-        selected = paths_lib.select(selector, params)
-        _validate.check_float_leaves(flat, selected)
-        _validate.check_finite_leaves(flat, selected)
+        flat, selected = _validate.selected_weights(selector, params)
         for p in selected:
             granularity.check(tuple(jnp.shape(flat[p])), where=f"leaf {p!r}")
         return Log2State({p: jnp.asarray(bits, jnp.int32) for p in selected})
@@ -132,15 +129,8 @@ def log2(
         out = {}
         for p, w in core.leaves_at(params, list(state.bits)).items():
             _, codes, alpha = log2_quantize(w, bits, granularity)
-            _, group_axis = granularity.axes(w.ndim)
-            out[p] = core.IntegerWeights(
-                codes,
-                alpha,
-                None,
-                bits,
-                group_axis=group_axis,
-                group_size=granularity.group_size if group_axis is not None else None,
-                codebook=log2_codebook(bits),
+            out[p] = affine_lib.integer_weights(
+                codes, alpha, None, bits, False, granularity, w.ndim, codebook=log2_codebook(bits)
             )
         return out
 
