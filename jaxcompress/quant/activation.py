@@ -311,7 +311,8 @@ def batch_range(x32: jax.Array, config: ActivationConfig) -> Range:
     return Range(lax.stop_gradient(jnp.min(x32)), lax.stop_gradient(jnp.max(x32)))
 
 
-def _grid(config: ActivationConfig, r: Range):
+def grid(config: ActivationConfig, r: Range):
+    """``(scale, zero point or None, qmin, qmax)`` of the quantization grid over range ``r``."""
     scale, zp = affine_lib.affine_params(r.lo, r.hi, config.bits, symmetric=config.symmetric, signed=config.signed)
     qmin, qmax = affine_lib.int_range(config.bits, signed=config.signed)
     return scale, zp, jnp.float32(qmin), jnp.float32(qmax)
@@ -332,7 +333,7 @@ def quantize_site(x: jax.Array, site: Site) -> tuple[jax.Array, Range | None]:
     else:
         use_batch = site.count == 0
         r = Range(jnp.where(use_batch, observed.lo, site.range.lo), jnp.where(use_batch, observed.hi, site.range.hi))
-    scale, zp, qmin, qmax = _grid(config, r)
+    scale, zp, qmin, qmax = grid(config, r)
     if config.mode == "dynamic" and (config.signed or not config.symmetric):
         # The batch's own range covers it: identity gradient, with no backward work.
         codes = affine_lib.codes_ste(lax.stop_gradient(x32), scale, zp, qmin, qmax, None)
@@ -357,7 +358,7 @@ def _export(site: Site) -> InputQuant:
             f"The static input range of module {site.module!r} was never observed: run jc.quant.calibrate(...) "
             "or fold running statistics in with tx.update(..., activation_stats=...) first."
         )
-    scale, zp, _, _ = _grid(config, site.range)
+    scale, zp, _, _ = grid(config, site.range)
     return InputQuant(config.bits, config.signed, False, scale, zp, config.symmetric)
 
 
@@ -398,11 +399,9 @@ def quantize_input(x: jax.Array, quant: InputQuant) -> tuple[jax.Array, jax.Arra
     qmin, qmax = affine_lib.int_range(bits, signed=signed)
     if quant.dynamic:
         config = ActivationConfig(bits, signed, quant.symmetric, "dynamic", False, 0.0, (), ())
-        scale, zp, _, _ = _grid(config, batch_range(x32, config))
+        scale, zp, _, _ = grid(config, batch_range(x32, config))
     else:
         scale, zp = jnp.asarray(quant.scale, jnp.float32), quant.zero_point
-    q = jnp.round(x32 * affine_lib.reciprocal(scale))
-    if zp is not None:
-        q = q + jnp.asarray(zp).astype(jnp.float32)
-    q = jnp.clip(q, jnp.float32(qmin), jnp.float32(qmax))
+    zp_array = None if zp is None else jnp.asarray(zp)
+    q = affine_lib.codes_ste(x32, scale, zp_array, jnp.float32(qmin), jnp.float32(qmax), None)
     return q.astype(jnp.int8 if signed else jnp.uint8), scale, zp

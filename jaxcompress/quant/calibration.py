@@ -73,14 +73,10 @@ def observe_range(
             return activation.Range(-hi, hi)
         return activation.Range(jnp.percentile(x32, 100.0 - percentile), jnp.percentile(x32, percentile))
     full = activation.batch_range(x32, config)
-    qmin, qmax = affine_lib.int_range(config.bits, signed=config.signed)
 
     def sse(fraction):
-        lo, hi = full.lo * fraction, full.hi * fraction
-        scale, zp = affine_lib.affine_params(lo, hi, config.bits, symmetric=config.symmetric, signed=config.signed)
-        q = jnp.round(x32 * affine_lib.reciprocal(scale)) + (0.0 if zp is None else zp.astype(jnp.float32))
-        q = jnp.clip(q, jnp.float32(qmin), jnp.float32(qmax))
-        deq = (q - (0.0 if zp is None else zp.astype(jnp.float32))) * scale
+        scale, zp, qmin, qmax = activation.grid(config, activation.Range(full.lo * fraction, full.hi * fraction))
+        deq = affine_lib.dequantize_codes(affine_lib.codes_ste(x32, scale, zp, qmin, qmax, None), scale, zp)
         return jnp.sum(jnp.square(deq - x32))
 
     fractions = jnp.arange(1, candidates + 1, dtype=jnp.float32) / jnp.float32(candidates)
