@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from jaxcompress.quant import affine as affine_lib
+from jaxcompress.quant import activation
 from jaxcompress.quant.activation import InputQuant
 
 __all__ = ["DYNAMIC_INT8", "ConvConfig", "InputSpec", "conv", "dense", "fake_quantize_input", "quantize_input"]
@@ -52,19 +52,7 @@ class InputSpec(NamedTuple):
 
 def input_scale(x: jax.Array, spec: InputSpec) -> tuple[jax.Array, jax.Array | None]:
     """Scale (float32) and zero point (int32 or None) of ``x``, as ``jc.quant.quantize_input`` computes them."""
-    q = spec.quant
-    if not q.dynamic:
-        zp = None if q.zero_point is None else jnp.asarray(q.zero_point, jnp.int32)
-        return jnp.asarray(q.scale, jnp.float32), zp
-    x32 = x.astype(jnp.float32)
-    lo_floor, hi_floor = spec.floor if spec.floor is not None else (0.0, 0.0)
-    if q.symmetric and q.signed:
-        amax = jnp.maximum(jnp.max(jnp.abs(x32)), jnp.float32(max(abs(lo_floor), abs(hi_floor))))
-        lo, hi = -amax, amax
-    else:
-        lo = jnp.minimum(jnp.min(x32), jnp.float32(lo_floor)) if spec.floor is not None else jnp.min(x32)
-        hi = jnp.maximum(jnp.max(x32), jnp.float32(hi_floor)) if spec.floor is not None else jnp.max(x32)
-    return affine_lib.affine_params(lo, hi, q.bits, symmetric=q.symmetric, signed=q.signed)
+    return activation.input_params(x, spec.quant, spec.floor)
 
 
 def quantize_with(x: jax.Array, spec: InputSpec, scale: jax.Array, zp: jax.Array | None):
@@ -75,11 +63,7 @@ def quantize_with(x: jax.Array, spec: InputSpec, scale: jax.Array, zp: jax.Array
     them), so every matmul runs int8 x int8.
     """
     q_spec = spec.quant
-    qmin, qmax = affine_lib.int_range(q_spec.bits, signed=q_spec.signed)
-    q = jnp.round(x.astype(jnp.float32) * affine_lib.reciprocal(scale))
-    if zp is not None:
-        q = q + zp.astype(jnp.float32)
-    q = jnp.clip(q, jnp.float32(qmin), jnp.float32(qmax))
+    q = activation.input_codes(x, q_spec, scale, zp)
     if not q_spec.signed and q_spec.bits == 8:
         q = q - 128.0
         zp = (zp if zp is not None else jnp.int32(0)) - 128

@@ -379,6 +379,31 @@ def output_quantization(cstate: Any) -> dict[str, InputQuant]:
     return {m: _export(s) for (m, kind), s in sites_of(cstate).items() if kind == "outputs"}
 
 
+def input_params(
+    x: jax.Array, quant: InputQuant, floor: tuple[float, float] | None = None
+) -> tuple[jax.Array, jax.Array | None]:
+    """``(scale, zero point or None)`` with which :func:`quantize_input` quantizes ``x``.
+
+    ``floor=(lo, hi)``, with ``lo <= 0 <= hi``, widens a dynamic range to span
+    it (the constant inputs that structured export removes from a layer).
+    """
+    if not quant.dynamic:
+        zp = None if quant.zero_point is None else jnp.asarray(quant.zero_point, jnp.int32)
+        return jnp.asarray(quant.scale, jnp.float32), zp
+    config = ActivationConfig(quant.bits, quant.signed, quant.symmetric, "dynamic", False, 0.0, (), ())
+    r = batch_range(x.astype(jnp.float32), config)
+    if floor is not None:
+        r = Range(jnp.minimum(r.lo, jnp.float32(floor[0])), jnp.maximum(r.hi, jnp.float32(floor[1])))
+    scale, zp, _, _ = grid(config, r)
+    return scale, zp
+
+
+def input_codes(x: jax.Array, quant: InputQuant, scale: jax.Array, zp: jax.Array | None) -> jax.Array:
+    """Float-valued codes of ``x`` at ``scale`` / ``zp`` on ``quant``'s grid (the fake quantization's)."""
+    qmin, qmax = affine_lib.int_range(quant.bits, signed=quant.signed)
+    return affine_lib.codes_ste(x.astype(jnp.float32), scale, zp, jnp.float32(qmin), jnp.float32(qmax), None)
+
+
 def quantize_input(x: jax.Array, quant: InputQuant) -> tuple[jax.Array, jax.Array, jax.Array | None]:
     """``(codes, scale, zero_point)`` of ``x`` under ``quant``, as the fake quantization computes them.
 
@@ -394,14 +419,6 @@ def quantize_input(x: jax.Array, quant: InputQuant) -> tuple[jax.Array, jax.Arra
       >>> codes.tolist(), round(float(scale) * 127, 6)
       ([64, -127, 32], 1.0)
     """
-    bits, signed = quant.bits, quant.signed
-    x32 = x.astype(jnp.float32)
-    qmin, qmax = affine_lib.int_range(bits, signed=signed)
-    if quant.dynamic:
-        config = ActivationConfig(bits, signed, quant.symmetric, "dynamic", False, 0.0, (), ())
-        scale, zp, _, _ = grid(config, batch_range(x32, config))
-    else:
-        scale, zp = jnp.asarray(quant.scale, jnp.float32), quant.zero_point
-    zp_array = None if zp is None else jnp.asarray(zp)
-    q = affine_lib.codes_ste(x32, scale, zp_array, jnp.float32(qmin), jnp.float32(qmax), None)
-    return q.astype(jnp.int8 if signed else jnp.uint8), scale, zp
+    scale, zp = input_params(x, quant)
+    codes = input_codes(x, quant, scale, zp)
+    return codes.astype(jnp.int8 if quant.signed else jnp.uint8), scale, zp
