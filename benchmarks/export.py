@@ -49,9 +49,9 @@ def fit(model, params, data, steps, *, lr, recipe=None, seed=0, label=None):
     return params, (jc.optim.compression_state(opt_state) if recipe is not None else None)
 
 
-def fake_quantized_logits(model, params, recipe, cstate, x, batch=1000):
+def fake_quantized_logits(model, params, recipe, cstate, x):
     fn = jax.jit(lambda p, c, xb: _fq(model, p, recipe, c, xb))
-    return np.concatenate([np.asarray(fn(params, cstate, x[i : i + batch])) for i in range(0, len(x), batch)])
+    return batched(lambda xb: fn(params, cstate, xb), x)
 
 
 def _fq(model, params, recipe, cstate, x):
