@@ -17,6 +17,10 @@ A :class:`Transform` is a NamedTuple of pure functions in the optax mould:
   (:func:`jaxcompress.optim.with_compression`) must keep enforced on the params
   themselves, bit-packed (``mask.unpack()`` gives the boolean array). Methods
   that keep dense weights (quantizers, STE pruning) return ``{}``.
+* ``train_apply(params, state) -> params`` (optional, else ``apply`` is used):
+  ``apply`` for params that are already zero outside ``masks(state)``, as the
+  optimizer wrapper keeps them; a pruner whose masks start full returns the
+  params as they are (see :func:`jaxcompress.optim.train_apply`).
 
 State is keyed by leaf path (``{"Dense_0/kernel": ...}``), so it jits, shards
 and checkpoints like the params, and never holds ``None`` placeholders.
@@ -109,6 +113,7 @@ class Transform(NamedTuple):
     apply: Callable[[PyTree, State], PyTree]
     masks: Callable[[State], Masks]
     integer: Callable[[PyTree, State], dict[str, IntegerWeights]] | None = None
+    train_apply: Callable[[PyTree, State], PyTree] | None = None
 
 
 class Learned(NamedTuple):
@@ -212,6 +217,12 @@ def chain(*transforms: Transform) -> Transform:
             params = t.apply(params, s)
         return params
 
+    def train_apply(params: PyTree, state: tuple) -> PyTree:
+        _check_chain_state(state, len(transforms))
+        for t, s in zip(transforms, state, strict=True):
+            params = (t.train_apply or t.apply)(params, s)
+        return params
+
     def masks(state: tuple) -> Masks:
         _check_chain_state(state, len(transforms))
         return merge_masks(*(t.masks(s) for t, s in zip(transforms, state, strict=True)))
@@ -225,7 +236,7 @@ def chain(*transforms: Transform) -> Transform:
             params = t.apply(params, s)
         return found
 
-    return Transform(init, update, apply, masks, integer)
+    return Transform(init, update, apply, masks, integer, train_apply)
 
 
 def _check_chain_state(state: Any, n: int) -> None:

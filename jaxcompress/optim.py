@@ -15,10 +15,12 @@ from jaxcompress.masks import PackedMask
 
 __all__ = [
     "WithCompressionState",
+    "clear_pruned",
     "compression_state",
-    "reset_regrown",
+    "train_apply",
     "value_and_grad",
     "with_compression",
+    "zero_pruned",
 ]
 
 
@@ -40,16 +42,23 @@ def with_compression(
 
     On every ``update(grads, state, params)``:
 
-    1. the recipe's state advances one step (``recipe.update(params, ...)``):
-       schedules move on, masks are refreshed on their steps;
-    2. the inner optimizer computes its updates as usual;
-    3. every weight outside the recipe's hard masks gets the update ``-param``,
-       so ``optax.apply_updates`` leaves it exactly ``0.0``, whatever the inner
+    1. the inner optimizer computes its updates from the gradients of the
+       weights inside the recipe's hard masks; for a weight outside them it
+       sees a zero gradient and keeps zeros in every inner-state subtree shaped
+       like the params (Adam's moments, momentum traces, ...), for any optax
+       optimizer, including ``inject_hyperparams`` and ``chain``;
+    2. the recipe's state advances one step (``recipe.update(params, state,
+       grads)``, with the gradients as given): schedules move on, masks are
+       refreshed on their steps;
+    3. every weight outside the masks gets the update ``-param``, so
+       ``optax.apply_updates`` leaves it exactly ``0.0``, whatever the inner
        optimizer does (momentum, weight decay, ...). A weight that a mask
-       *regrows* (dynamic sparse training) starts from exactly ``0.0`` too, and
-       its entries in every inner-state subtree shaped like the params (Adam's
-       moments, momentum traces, ...) are reset to zero: this works for any
-       optax optimizer, including ``inject_hyperparams`` and ``chain``.
+       *regrows* (dynamic sparse training) starts from exactly ``0.0`` with
+       fresh optimizer state.
+
+    So the params that leave a step are zero outside the masks, and a training
+    step's forward pass can use :func:`train_apply`, which does not mask them
+    again.
 
     If the recipe has learned parameters (see :class:`jaxcompress.core.Learned`),
     pass their gradients as ``learned_grads=`` (from :func:`value_and_grad`);
@@ -96,11 +105,12 @@ def with_compression(
             )
         learned_grads = extra_args.pop("learned_grads", None)
         old_masks = recipe.masks(state.compression_state)
+        # The inner optimizer sees no gradient and keeps no state for a weight
+        # outside the masks (all fused into its own elementwise update).
+        inner_state = clear_pruned(state.inner_state, params, old_masks)
+        inner_updates, inner_state = inner.update(zero_pruned(updates, old_masks), inner_state, params, **extra_args)
         cstate = recipe.update(params, state.compression_state, updates, **extra_args)
-        new_masks = recipe.masks(cstate)
-        updates, inner_state = inner.update(updates, state.inner_state, params, **extra_args)
-        updates = enforce_masks(updates, params, _stable(old_masks, new_masks))
-        inner_state = reset_regrown(inner_state, params, old_masks, new_masks)
+        updates = enforce_masks(inner_updates, params, _stable(old_masks, recipe.masks(cstate)))
         cstate, learned_state = _train_learned(cstate, state.learned_state, learned_grads, learned_tx, extra_args)
         return updates, WithCompressionState(inner_state, cstate, learned_state)
 
@@ -140,17 +150,28 @@ def enforce_masks(updates: Any, params: Any, masks: dict[str, PackedMask]) -> An
     return paths_lib.unflatten(treedef, flat_updates)
 
 
-def reset_regrown(
-    inner_state: Any, params: Any, old_masks: dict[str, PackedMask], new_masks: dict[str, PackedMask]
-) -> Any:
-    """Zeroes regrown weights' entries in every subtree of ``inner_state`` shaped like ``params``.
+def zero_pruned(tree: Any, masks: dict[str, PackedMask]) -> Any:
+    """``tree`` (shaped like the params) with every entry outside ``masks`` set to zero."""
+    if not masks:
+        return tree
+    flat, treedef = paths_lib.flatten(tree)
+    for path, mask in masks.items():
+        leaf = flat[path]
+        flat[path] = jnp.where(mask.unpack(), leaf, jnp.zeros((), jnp.result_type(leaf)))
+    return paths_lib.unflatten(treedef, flat)
+
+
+def clear_pruned(inner_state: Any, params: Any, masks: dict[str, PackedMask]) -> Any:
+    """Zeroes the entries of weights outside ``masks`` in every subtree of ``inner_state`` shaped like ``params``.
 
     A subtree counts when its tree structure equals the params' and, per leaf,
     its shape equals the param's (Adam's ``mu``/``nu``, momentum traces; not
-    Adafactor's factored rows and columns).
+    Adafactor's factored rows and columns). With the gradients of those weights
+    zeroed too, the inner optimizer keeps zeros for them, so a weight that a
+    mask regrows (dynamic sparse training) starts with fresh moments, for any
+    optax optimizer (``inject_hyperparams``, ``chain``, ...).
     """
-    regrown = {p: new_masks[p].without(old_masks[p]) for p in new_masks if p in old_masks}
-    if not regrown:
+    if not masks:
         return inner_state
     params_def = jax.tree.structure(params)
     params_flat, _ = paths_lib.flatten(params)
@@ -158,20 +179,17 @@ def reset_regrown(
     def is_mirror(node: Any) -> bool:
         return jax.tree.structure(node) == params_def
 
-    def reset(node: Any) -> Any:
+    def clear(node: Any) -> Any:
         if not is_mirror(node):
             return node
-        flat, treedef = paths_lib.flatten(node)
-        for path, mask in regrown.items():
-            leaf = flat[path]
-            if jnp.shape(leaf) == jnp.shape(params_flat[path]):
-                flat[path] = jnp.where(mask.unpack(), jnp.zeros((), jnp.result_type(leaf)), leaf)
-        return paths_lib.unflatten(treedef, flat)
+        flat, _ = paths_lib.flatten(node)
+        same_shape = {p: m for p, m in masks.items() if jnp.shape(flat[p]) == jnp.shape(params_flat[p])}
+        return zero_pruned(node, same_shape)
 
     # An unconditional select, not a lax.cond: it fuses into the optimizer's own
     # update of each moment, while a cond's pass-through branch copies every
     # moment on every step (measured: +7% on a LeNet-300-100 Adam step).
-    return jax.tree.map(reset, inner_state, is_leaf=is_mirror)
+    return jax.tree.map(clear, inner_state, is_leaf=is_mirror)
 
 
 def compression_state(opt_state: Any) -> Any:
@@ -191,6 +209,37 @@ def compression_state(opt_state: Any) -> Any:
             f"found {len(found)}. Build the optimizer with jc.optim.with_compression(inner, recipe)."
         )
     return found[0]
+
+
+def train_apply(recipe: core.Transform, params: Any, cstate: Any) -> Any:
+    """The compressed view of ``params`` for the forward pass of a :func:`with_compression` step.
+
+    The params a :func:`with_compression` step leaves behind are exactly zero
+    outside the recipe's masks, and pruning masks start full, so a pruner need
+    not mask them again: this is ``recipe.apply(params, cstate)`` with hard
+    masks left out (a recipe's ``train_apply``, else its ``apply``). The
+    forward values are the same; gradients of weights outside the masks are not
+    zeroed here, but the wrapper discards them. It saves a copy of every pruned
+    weight through a select on every step (about 5% of a LeNet-300-100 Adam
+    step on CPU). Evaluate, export and handle params from elsewhere with
+    ``recipe.apply``.
+
+    Example:
+      >>> import jax.numpy as jnp, optax, jaxcompress as jc
+      >>> recipe = jc.chain(jc.prune.magnitude(0.5), jc.quant.int8())
+      >>> tx = jc.optim.with_compression(optax.sgd(0.1), recipe)
+      >>> params = {"w": jnp.array([[1.0, -4.0], [3.0, 2.0]])}
+      >>> state = tx.init(params)
+      >>> updates, state = tx.update({"w": jnp.zeros((2, 2))}, state, params)
+      >>> params = optax.apply_updates(params, updates)
+      >>> cstate = jc.optim.compression_state(state)
+      >>> jc.optim.train_apply(recipe, params, cstate)["w"].tolist() == recipe.apply(params, cstate)["w"].tolist()
+      True
+    """
+    if not isinstance(recipe, core.Transform):
+        raise TypeError(f"`recipe` must be a jaxcompress Transform, got {type(recipe).__name__}: {recipe!r}.")
+    apply = recipe.train_apply if recipe.train_apply is not None else recipe.apply
+    return apply(params, cstate)
 
 
 def value_and_grad(loss_fn: Callable[..., jax.Array], *, has_aux: bool = False) -> Callable:

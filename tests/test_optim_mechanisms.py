@@ -72,18 +72,38 @@ def test_regrown_weights_start_at_zero_with_fresh_moments(inner, moments):
     dense = np.ones((2, 3), bool)
     history = run_script(inner, moments, [dense, dense, PRUNE, PRUNE, REGROW, REGROW])
     baseline = run_script(inner, moments, [dense, dense, PRUNE, PRUNE, PRUNE, PRUNE])
-    w_before, m_before = history[3]  # PRUNE in force, moments nonzero everywhere
+    _, m_pruning = history[2]  # the step that prunes: moments were updated everywhere
+    w_before, m_before = history[3]  # a whole step under PRUNE
     w_regrow, m_regrow = history[4]  # the REGROW step
-    assert all(np.all(m != 0) for m in m_before)
+    assert all(np.all(m != 0) for m in m_pruning)
+    for m in m_before:  # the inner optimizer keeps nothing for pruned weights
+        np.testing.assert_array_equal(m != 0, PRUNE)
     assert w_before[0, 1] == 0.0 and w_regrow[0, 1] == 0.0  # regrown weight starts at exactly zero
     for m, m_base in zip(m_regrow, baseline[4][1], strict=True):
-        assert m[0, 1] == 0.0  # its moments were reset
+        assert m[0, 1] == 0.0  # with fresh moments
         survivors = PRUNE & REGROW
         assert np.all(m[survivors] != 0)
         np.testing.assert_array_equal(m[survivors], m_base[survivors])  # untouched by the reset
     assert w_regrow[1, 2] == 0.0  # newly pruned weight is zero
-    w_after, _ = history[5]
+    w_after, m_after = history[5]
     assert w_after[0, 1] != 0.0  # and the regrown weight trains from there
+    assert all(m[0, 1] != 0 for m in m_after)
+
+
+def test_inner_optimizer_sees_no_gradient_of_pruned_weights():
+    # Global-norm clipping inside the wrapper: a huge gradient on a pruned weight
+    # must not shrink the kept weights' updates (the forward pass need not mask it).
+    inner = optax.chain(optax.clip_by_global_norm(1.0), optax.sgd(1.0))
+    params = {"w": jnp.arange(1.0, 7.0).reshape(2, 3)}
+    updates = {}
+    for pruned_grad in (0.0, 1e6):
+        tx = jc.optim.with_compression(inner, scripted("w", [PRUNE]))
+        state = tx.init(params)
+        _, state = tx.update({"w": jnp.zeros((2, 3))}, state, params)  # PRUNE in force from now on
+        grads = jnp.where(PRUNE, 0.1, pruned_grad)
+        updates[pruned_grad], _ = tx.update({"w": grads}, state, params)
+    np.testing.assert_allclose(updates[1e6]["w"][PRUNE], updates[0.0]["w"][PRUNE])
+    np.testing.assert_allclose(updates[0.0]["w"][PRUNE], -0.1)  # norm 0.1 * sqrt(4) < 1: unclipped
 
 
 def test_no_reset_when_nothing_regrows():

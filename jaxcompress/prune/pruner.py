@@ -180,7 +180,9 @@ def pruner(
                 f"(jc.optim.with_compression passes them)."
             )
         weights = core.leaves_at(params, paths)
-        leaf_grads = core.leaves_at(grads, paths) if score.needs_grads else None
+        leaf_grads = None
+        if score.needs_grads:  # zero outside the masks, whether or not the forward pass masked the weights
+            leaf_grads = {p: _masked(g, state.masks[p]) for p, g in core.leaves_at(grads, paths).items()}
         sums = dict(state.scores) if has_scores_field else {}
         if score.accumulates:
             sums = {p: score.accumulate(sums[p], weights[p], leaf_grads[p]) for p in paths}
@@ -197,12 +199,18 @@ def pruner(
         return make_state(core.safe_increment(step), sparsity_now, masks, sums)
 
     def apply(params: Any, state) -> Any:
-        def mask_leaf(path: str, w: jax.Array) -> jax.Array:
-            return jnp.where(state.masks[path].unpack(), w, jnp.zeros((), w.dtype))
+        return core.map_selected(lambda path, w: _masked(w, state.masks[path]), params, list(state.masks))
 
-        return core.map_selected(mask_leaf, params, list(state.masks))
+    def train_apply(params: Any, state) -> Any:
+        # Masks start full and the optimizer wrapper zeroes what they drop: nothing to mask.
+        core.leaves_at(params, list(state.masks))  # the same error as apply for foreign params
+        return params
 
     def masks(state) -> dict[str, packed.PackedMask]:
         return dict(state.masks)
 
-    return core.Transform(init, update, apply, masks)
+    return core.Transform(init, update, apply, masks, train_apply=train_apply)
+
+
+def _masked(x: jax.Array, mask: packed.PackedMask) -> jax.Array:
+    return jnp.where(mask.unpack(), x, jnp.zeros((), x.dtype))

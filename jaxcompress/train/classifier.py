@@ -24,7 +24,8 @@ def make_train_step(apply_fn: ApplyFn, tx: optax.GradientTransformation, recipe:
     """A jitted ``step(params, opt_state, x, y) -> (params, opt_state, loss)``.
 
     With a ``recipe``, ``tx`` must come from :func:`jaxcompress.optim.with_compression`;
-    the forward pass runs on ``recipe.apply(params, compression_state)``, inside
+    the forward pass runs on :func:`jaxcompress.optim.train_apply` (``recipe.apply``
+    without re-masking the weights the optimizer keeps at zero), inside
     :func:`jaxcompress.quant.quantize_activations` when the recipe quantizes
     activations (their running statistics go back to the optimizer as
     ``activation_stats``), and the recipe's learned parameters (LSQ, PACT,
@@ -47,7 +48,7 @@ def make_train_step(apply_fn: ApplyFn, tx: optax.GradientTransformation, recipe:
     from jaxcompress import quant
 
     def loss_fn(params, cstate, x, y):
-        compressed = recipe.apply(params, cstate)
+        compressed = optim.train_apply(recipe, params, cstate)
         if not quant.activation.find_states(cstate):
             return cross_entropy(apply_fn(compressed, x), y), {}
         with quant.quantize_activations(cstate) as observed:
