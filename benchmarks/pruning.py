@@ -19,6 +19,8 @@ Everything is measured side by side in one process, on LeNet-300-100
 * ``lenet300_mnist_error_delta_pts``: test error after gradual (cubic) magnitude
   pruning to ``lenet300_mnist_sparsity`` of all kernels, with fine-tuning, minus
   the dense baseline's test error, in percentage points; both trained here.
+  The pruned error is the mean of ``--lenet300-seeds`` fine-tuning runs (batch
+  orders) from the same dense model: one run moves by about 0.1 point.
 * ``nm24_lenet5_error_delta_pts``: the same for 2:4 sparsity (every kernel but
   the first conv, whose single input channel cannot form groups of 4) on LeNet-5.
 
@@ -80,6 +82,8 @@ def time_model(name: str, model, x: np.ndarray, y: np.ndarray, rounds: int) -> d
 
     calls = {
         "float_step": lambda: float_step(params, float_state, x, y),
+        # The same float step on the pruned params: XLA:CPU runs it a few % faster than on dense ones.
+        "float_step_on_pruned": lambda: float_step(masked_params, float_state, x, y),
         "masked_step": lambda: masked_step(masked_params, masked_state, x, y),
         "mask_refresh": lambda: refresh(params, refresh_state),
     }
@@ -105,6 +109,7 @@ def time_model(name: str, model, x: np.ndarray, y: np.ndarray, rounds: int) -> d
         f"{name}_mask_refresh_us": round(med["mask_refresh"], 1),
         f"{name}_mask_refresh_over_float_step": round(med["mask_refresh"] / med["float_step"], 3),
         f"{name}_masked_step_over_float_step": round(med["masked_step"] / med["float_step"], 3),
+        f"{name}_masked_step_over_float_step_on_pruned_params": round(med["masked_step"] / med["float_step_on_pruned"], 3),
         f"{name}_mask_state_bytes_over_param_bytes": round(state_bytes / nbytes(params), 4),
         f"{name}_refresh_search_passes": int(passes),
         f"{name}_pruned_weights": int(n),
@@ -157,15 +162,21 @@ def lenet300_accuracy(ds, args) -> dict[str, float]:
     steps = args.lenet300_prune_epochs * (len(ds.x_train) // BATCH)
     schedule = jc.schedules.polynomial(0.0, args.sparsity, begin=0, end=int(0.6 * steps), frequency=100)
     recipe = jc.prune.magnitude(schedule, scope="global")
-    pruned, _ = fine_tune(apply_fn, dense, ds, recipe, args.lenet300_prune_epochs, 5e-4, seed=0)
-    pruned_err = error_pct(apply_fn, pruned, ds)
-    sparsity = kernel_sparsity(pruned)
-    log(f"[lenet300] pruned to {sparsity:.4f}: error {pruned_err:.2f}% ({time.time() - t0:.0f}s)")
+    # One run's test error moves by about 0.1 point with the batch order alone,
+    # the size of the goal: average fine-tuning runs from the same dense model.
+    errors, sparsities = [], []
+    for seed in range(args.lenet300_seeds):
+        pruned, _ = fine_tune(apply_fn, dense, ds, recipe, args.lenet300_prune_epochs, 5e-4, seed=seed)
+        errors.append(error_pct(apply_fn, pruned, ds))
+        sparsities.append(kernel_sparsity(pruned))
+        log(f"[lenet300] seed {seed}: pruned to {sparsities[-1]:.4f}: error {errors[-1]:.2f}% ({time.time() - t0:.0f}s)")
+    pruned_err = float(np.mean(errors))
     return {
         "lenet300_mnist_error_delta_pts": round(pruned_err - dense_err, 2),
-        "lenet300_mnist_sparsity": round(sparsity, 4),
+        "lenet300_mnist_sparsity": round(min(sparsities), 4),
         "lenet300_dense_error_pct": round(dense_err, 2),
         "lenet300_pruned_error_pct": round(pruned_err, 2),
+        "lenet300_pruned_error_pct_per_seed": [round(e, 2) for e in errors],
     }
 
 
@@ -207,12 +218,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--sparsity", type=float, default=0.92, help="LeNet-300-100 target sparsity")
     parser.add_argument("--lenet300-epochs", type=int, default=20)
     parser.add_argument("--lenet300-prune-epochs", type=int, default=20)
+    parser.add_argument("--lenet300-seeds", type=int, default=3, help="fine-tuning runs averaged")
     parser.add_argument("--lenet5-epochs", type=int, default=5)
     parser.add_argument("--lenet5-prune-epochs", type=int, default=4)
     args = parser.parse_args(argv)
     if args.quick:
         args.rounds = min(args.rounds, 100)
-        args.lenet300_epochs, args.lenet300_prune_epochs = 4, 4
+        args.lenet300_epochs, args.lenet300_prune_epochs, args.lenet300_seeds = 4, 4, 1
         args.lenet5_epochs, args.lenet5_prune_epochs = 2, 2
 
     ds = data.mnist()
