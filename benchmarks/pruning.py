@@ -109,7 +109,9 @@ def time_model(name: str, model, x: np.ndarray, y: np.ndarray, rounds: int) -> d
         f"{name}_mask_refresh_us": round(med["mask_refresh"], 1),
         f"{name}_mask_refresh_over_float_step": round(med["mask_refresh"] / med["float_step"], 3),
         f"{name}_masked_step_over_float_step": round(med["masked_step"] / med["float_step"], 3),
-        f"{name}_masked_step_over_float_step_on_pruned_params": round(med["masked_step"] / med["float_step_on_pruned"], 3),
+        f"{name}_masked_step_over_float_step_on_pruned_params": round(
+            med["masked_step"] / med["float_step_on_pruned"], 3
+        ),
         f"{name}_mask_state_bytes_over_param_bytes": round(state_bytes / nbytes(params), 4),
         f"{name}_refresh_search_passes": int(passes),
         f"{name}_pruned_weights": int(n),
@@ -169,7 +171,8 @@ def lenet300_accuracy(ds, args) -> dict[str, float]:
         pruned, _ = fine_tune(apply_fn, dense, ds, recipe, args.lenet300_prune_epochs, 5e-4, seed=seed)
         errors.append(error_pct(apply_fn, pruned, ds))
         sparsities.append(kernel_sparsity(pruned))
-        log(f"[lenet300] seed {seed}: pruned to {sparsities[-1]:.4f}: error {errors[-1]:.2f}% ({time.time() - t0:.0f}s)")
+        elapsed = time.time() - t0
+        log(f"[lenet300] seed {seed}: pruned to {sparsities[-1]:.4f}: error {errors[-1]:.2f}% ({elapsed:.0f}s)")
     pruned_err = float(np.mean(errors))
     return {
         "lenet300_mnist_error_delta_pts": round(pruned_err - dense_err, 2),
