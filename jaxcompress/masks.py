@@ -30,6 +30,11 @@ class PackedMask:
         """The boolean mask, shape ``self.shape``."""
         return unpack(self)
 
+    def keep(self, x: jax.Array, fill: jax.Array | None = None) -> jax.Array:
+        """``x`` where the mask keeps, ``fill`` (default zero) elsewhere; in ``x``'s dtype."""
+        fill = jnp.zeros((), jnp.result_type(x)) if fill is None else jnp.asarray(fill).astype(jnp.result_type(x))
+        return jnp.where(self.unpack(), x, fill)
+
     def __and__(self, other: PackedMask) -> PackedMask:
         _check_same_shape(self, other)
         return PackedMask(self.bits & other.bits, self.shape)

@@ -140,24 +140,22 @@ def _train_learned(cstate, learned_state, learned_grads, learned_tx, extra_args)
 
 def enforce_masks(updates: Any, params: Any, masks: dict[str, PackedMask]) -> Any:
     """Replaces the update of every masked-out weight by ``-param``."""
-    if not masks:
-        return updates
-    flat_updates, treedef = paths_lib.flatten(updates)
     flat_params, _ = paths_lib.flatten(params)
-    for path, mask in masks.items():
-        u, p = flat_updates[path], flat_params[path]
-        flat_updates[path] = jnp.where(mask.unpack(), u, -p.astype(u.dtype))
-    return paths_lib.unflatten(treedef, flat_updates)
+    return _outside_masks(updates, masks, lambda path, u: -flat_params[path])
 
 
 def zero_pruned(tree: Any, masks: dict[str, PackedMask]) -> Any:
     """``tree`` (shaped like the params) with every entry outside ``masks`` set to zero."""
+    return _outside_masks(tree, masks, lambda path, leaf: None)
+
+
+def _outside_masks(tree: Any, masks: dict[str, PackedMask], fill: Callable[[str, jax.Array], Any]) -> Any:
+    """``tree`` with each masked leaf's entries outside its mask replaced by ``fill(path, leaf)`` (None: zero)."""
     if not masks:
         return tree
     flat, treedef = paths_lib.flatten(tree)
     for path, mask in masks.items():
-        leaf = flat[path]
-        flat[path] = jnp.where(mask.unpack(), leaf, jnp.zeros((), jnp.result_type(leaf)))
+        flat[path] = mask.keep(flat[path], fill(path, flat[path]))
     return paths_lib.unflatten(treedef, flat)
 
 

@@ -182,7 +182,7 @@ def pruner(
         weights = core.leaves_at(params, paths)
         leaf_grads = None
         if score.needs_grads:  # zero outside the masks, whether or not the forward pass masked the weights
-            leaf_grads = {p: _masked(g, state.masks[p]) for p, g in core.leaves_at(grads, paths).items()}
+            leaf_grads = {p: state.masks[p].keep(g) for p, g in core.leaves_at(grads, paths).items()}
         sums = dict(state.scores) if has_scores_field else {}
         if score.accumulates:
             sums = {p: score.accumulate(sums[p], weights[p], leaf_grads[p]) for p in paths}
@@ -199,7 +199,7 @@ def pruner(
         return make_state(core.safe_increment(step), sparsity_now, masks, sums)
 
     def apply(params: Any, state) -> Any:
-        return core.map_selected(lambda path, w: _masked(w, state.masks[path]), params, list(state.masks))
+        return core.map_selected(lambda path, w: state.masks[path].keep(w), params, list(state.masks))
 
     def train_apply(params: Any, state) -> Any:
         # Masks start full and the optimizer wrapper zeroes what they drop: nothing to mask.
@@ -210,7 +210,3 @@ def pruner(
         return dict(state.masks)
 
     return core.Transform(init, update, apply, masks, train_apply=train_apply)
-
-
-def _masked(x: jax.Array, mask: packed.PackedMask) -> jax.Array:
-    return jnp.where(mask.unpack(), x, jnp.zeros((), x.dtype))
