@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -62,6 +63,11 @@ class Granularity:
         if out[0] is not None and out[0] == out[1]:
             raise ValueError(f"`{argument}` {self!r}: the channel and group axes must differ.")
         return out[0], out[1]
+
+    def check_leaves(self, flat: dict[str, Any], paths: list[str]) -> None:
+        """:meth:`check` for each leaf ``flat[p]`` of ``paths`` (named by its path in errors)."""
+        for p in paths:
+            self.check(tuple(jnp.shape(flat[p])), where=f"leaf {p!r}")
 
     def check(self, shape: tuple[int, ...], *, where: str = "tensor", argument: str = "granularity") -> None:
         """Raises a ``ValueError`` if this granularity cannot apply to ``shape``."""

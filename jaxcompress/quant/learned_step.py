@@ -162,8 +162,7 @@ def lsq(
 
     def init(params: Any) -> LSQState:
         flat, selected = _validate.selected_weights(selector, params)
-        for p in selected:
-            granularity.check(tuple(jnp.shape(flat[p])), where=f"leaf {p!r}")
+        granularity.check_leaves(flat, selected)
         steps = {p: lsq_init_step(flat[p], bits, signed=signed, granularity=granularity) for p in selected}
         return LSQState(core.Learned(steps))
 

@@ -114,8 +114,7 @@ def log2(
 
     def init(params: Any) -> Log2State:
         flat, selected = _validate.selected_weights(selector, params)
-        for p in selected:
-            granularity.check(tuple(jnp.shape(flat[p])), where=f"leaf {p!r}")
+        granularity.check_leaves(flat, selected)
         return Log2State({p: jnp.asarray(bits, jnp.int32) for p in selected})
 
     def update(params: Any, state: Log2State, grads: Any = None, **extra_args) -> Log2State:
