@@ -261,12 +261,8 @@ def fake_quant(
       >>> quant.fake_quant(x, 2, symmetric=False, granularity="tensor").tolist()
       [[-0.5, 0.0, 1.0, 1.0]]
     """
-    granularity = gran_lib.as_granularity(granularity)
-    granularity.check(jnp.shape(x), where="`x`")
-    narrow = symmetric and signed if narrow is None else narrow
-    return quantize_leaf(
-        x, check_bits(bits), symmetric=symmetric, signed=signed, narrow=narrow, granularity=granularity, key=key
-    )[0]
+    (deq, _, _, _), _, _ = _quantize_argument(x, bits, symmetric, signed, granularity, narrow, key)
+    return deq
 
 
 def quantize(
@@ -291,14 +287,21 @@ def quantize(
       >>> iw.codes.tolist(), int(iw.zero_point[0, 0]), iw.dequantize().tolist()
       ([[0, 1, 3]], 1, [[-1.0, 0.0, 2.0]])
     """
+    (_, codes, scale, zp), bits, granularity = _quantize_argument(x, bits, symmetric, signed, granularity, narrow, key)
+    return integer_weights(codes, scale, zp, bits, signed, granularity, x.ndim)
+
+
+def _quantize_argument(x, bits, symmetric, signed, granularity, narrow, key):
+    """:func:`quantize_leaf` of a user's array after checking the arguments of :func:`fake_quant` / :func:`quantize`.
+
+    Returns ``(quantize_leaf's outputs, bits, granularity)``.
+    """
     granularity = gran_lib.as_granularity(granularity)
     granularity.check(jnp.shape(x), where="`x`")
     bits = check_bits(bits)
     narrow = symmetric and signed if narrow is None else narrow
-    _, codes, scale, zp = quantize_leaf(
-        x, bits, symmetric=symmetric, signed=signed, narrow=narrow, granularity=granularity, key=key
-    )
-    return integer_weights(codes, scale, zp, bits, signed, granularity, x.ndim)
+    leaf = quantize_leaf(x, bits, symmetric=symmetric, signed=signed, narrow=narrow, granularity=granularity, key=key)
+    return leaf, bits, granularity
 
 
 def integer_weights(codes, scale, zp, bits, signed, granularity, ndim, codebook=None) -> core.IntegerWeights:
@@ -385,8 +388,7 @@ def uniform(
 
     def init(params: Any) -> UniformState:
         flat, selected = _validate.selected_weights(selector, params)
-        for p in selected:
-            granularity.check(tuple(jnp.shape(flat[p])), where=f"leaf {p!r}")
+        granularity.check_leaves(flat, selected)
         key = jax.random.key_data(jax.random.key(seed))
         return UniformState({p: jnp.asarray(bits, jnp.int32) for p in selected}, key)
 
