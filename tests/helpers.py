@@ -1,7 +1,21 @@
 """Shared test helpers."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+
+class ConvDenseNet(nn.Module):
+    """Conv(8, 3x3) -> ReLU -> flatten -> Dense(hidden) -> ReLU -> Dense(10): a small model to export."""
+
+    hidden: int = 64
+
+    @nn.compact
+    def __call__(self, x):
+        x = nn.relu(nn.Conv(8, (3, 3))(x))
+        x = jnp.reshape(x, (x.shape[0], -1))
+        x = nn.relu(nn.Dense(self.hidden)(x))
+        return nn.Dense(10)(x)
 
 
 def make_params(seed: int = 0, dtype=jnp.float32) -> dict:

@@ -8,28 +8,18 @@ import subprocess
 import sys
 import textwrap
 
-import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import ConvDenseNet
 
 import jaxcompress as jc
 from jaxcompress.export import artifact
 
 
-class Net(nn.Module):
-    @nn.compact
-    def __call__(self, x):
-        x = nn.relu(nn.Conv(8, (3, 3))(x))
-        x = jnp.reshape(x, (x.shape[0], -1))
-        x = nn.relu(nn.Dense(64)(x))
-        return nn.Dense(10)(x)
-
-
 @pytest.fixture(scope="module")
 def built():
-    model = Net()
+    model = ConvDenseNet(hidden=64)
     x = jax.random.uniform(jax.random.key(0), (16, 8, 8, 1))
     variables = model.init(jax.random.key(1), x)
     recipe = jc.chain(jc.prune.magnitude(0.8), jc.quant.symmetric(4))

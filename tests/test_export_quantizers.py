@@ -5,18 +5,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import ConvDenseNet
 from test_export import fake_quant_reference
 
 import jaxcompress as jc
-
-
-class Net(nn.Module):
-    @nn.compact
-    def __call__(self, x):
-        x = nn.relu(nn.Conv(8, (3, 3))(x))
-        x = jnp.reshape(x, (x.shape[0], -1))
-        x = nn.relu(nn.Dense(32)(x))
-        return nn.Dense(10)(x)
 
 
 def scripted_quantizer(form: str) -> jc.Transform:
@@ -87,7 +79,7 @@ def scripted_quantizer(form: str) -> jc.Transform:
 
 @pytest.fixture(scope="module")
 def setup():
-    model = Net()
+    model = ConvDenseNet(hidden=32)
     x = jax.random.uniform(jax.random.key(0), (16, 6, 6, 2))
     return model, model.init(jax.random.key(1), x), x
 
