@@ -39,11 +39,6 @@ class PackedMask:
         _check_same_shape(self, other)
         return PackedMask(self.bits & other.bits, self.shape)
 
-    def without(self, other: PackedMask) -> PackedMask:
-        """Kept here and not in ``other`` (e.g. regrown: ``new.without(old)``)."""
-        _check_same_shape(self, other)
-        return PackedMask(self.bits & ~other.bits, self.shape)
-
 
 def _check_same_shape(a: PackedMask, b: PackedMask) -> None:
     if a.shape != b.shape:
