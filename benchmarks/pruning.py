@@ -13,7 +13,11 @@ Everything is measured side by side in one process, on LeNet-300-100
   step (Adam). Warm-up, then the median of interleaved runs; the worse model.
 * ``masked_step_over_float_step``: a training step through
   ``jc.optim.with_compression`` with the masks enforced (no refresh on that
-  step) / the float step; the worse model.
+  step) / the float step; the worse model. It is the step ``train.fit`` runs
+  between refreshes (``steady=True``: no refresh branch in the program); the
+  same step with the refresh decided by a traced ``lax.cond`` (what a single
+  program serving every step costs) is reported per model as
+  ``*_masked_step_with_traced_refresh_over_float_step``.
 * ``mask_state_bytes_over_param_bytes``: bytes of ``MagnitudeState`` / bytes of
   all params; the worse model.
 * ``lenet300_mnist_error_delta_pts``: test error after gradual (cubic) magnitude
@@ -75,7 +79,10 @@ def time_model(name: str, model, x: np.ndarray, y: np.ndarray, rounds: int) -> d
     masked_tx = jc.optim.with_compression(optax.adam(1e-3), recipe)
     masked_step = train.make_train_step(apply_fn, masked_tx, recipe)
     masked_params, masked_state, _ = masked_step(params, masked_tx.init(params), x, y)  # the refresh happens here
-    # masked_state now has count 1: every timed call enforces the masks without refreshing.
+    # masked_state now has count 1: every timed call enforces the masks without
+    # refreshing. train.fit runs such steps as the steady program (no refresh
+    # branch); the program with the traced refresh cond is timed too.
+    assert not recipe.refreshes_at(1)
 
     refresh_state = recipe.init(params)  # count 0: every timed call refreshes
     refresh = jax.jit(lambda p, s: recipe.update(p, s).masks)
@@ -84,7 +91,8 @@ def time_model(name: str, model, x: np.ndarray, y: np.ndarray, rounds: int) -> d
         "float_step": lambda: float_step(params, float_state, x, y),
         # The same float step on the pruned params: XLA:CPU runs it a few % faster than on dense ones.
         "float_step_on_pruned": lambda: float_step(masked_params, float_state, x, y),
-        "masked_step": lambda: masked_step(masked_params, masked_state, x, y),
+        "masked_step": lambda: masked_step(masked_params, masked_state, x, y, steady=True),
+        "masked_step_traced_refresh": lambda: masked_step(masked_params, masked_state, x, y),
         "mask_refresh": lambda: refresh(params, refresh_state),
     }
     for call in calls.values():  # compile and warm up
@@ -111,6 +119,9 @@ def time_model(name: str, model, x: np.ndarray, y: np.ndarray, rounds: int) -> d
         f"{name}_masked_step_over_float_step": round(med["masked_step"] / med["float_step"], 3),
         f"{name}_masked_step_over_float_step_on_pruned_params": round(
             med["masked_step"] / med["float_step_on_pruned"], 3
+        ),
+        f"{name}_masked_step_with_traced_refresh_over_float_step": round(
+            med["masked_step_traced_refresh"] / med["float_step"], 3
         ),
         f"{name}_mask_state_bytes_over_param_bytes": round(state_bytes / nbytes(params), 4),
         f"{name}_refresh_search_passes": int(passes),

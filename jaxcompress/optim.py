@@ -60,6 +60,15 @@ def with_compression(
     step's forward pass can use :func:`train_apply`, which does not mask them
     again.
 
+    **Steady steps.** The recipe refreshes its masks under ``lax.cond`` on its
+    traced step counter, so one jitted step serves every step. A loop that
+    counts steps on the host can do better between refreshes: where
+    ``recipe.refreshes_at(step)`` is ``False``, ``tx.update(grads, state,
+    params, steady=True)`` gives the same result from a program without the
+    refresh branch (pass ``steady`` as a static argument of the jitted step;
+    it compiles a second program once). :func:`jaxcompress.train.fit` does
+    this. ``steady`` is not passed on to ``inner``.
+
     If the recipe has learned parameters (see :class:`jaxcompress.core.Learned`),
     pass their gradients as ``learned_grads=`` (from :func:`value_and_grad`);
     ``learned_optimizer`` (default: ``inner``) trains them.
@@ -104,13 +113,17 @@ def with_compression(
                 "jaxcompress can refresh masks and keep pruned weights at zero."
             )
         learned_grads = extra_args.pop("learned_grads", None)
+        steady = core.is_steady(extra_args)
+        extra_args.pop("steady", None)  # the recipe's alone
         old_masks = recipe.masks(state.compression_state)
         # The inner optimizer sees no gradient and keeps no state for a weight
         # outside the masks (all fused into its own elementwise update).
         inner_state = clear_pruned(state.inner_state, params, old_masks)
         inner_updates, inner_state = inner.update(zero_pruned(updates, old_masks), inner_state, params, **extra_args)
-        cstate = recipe.update(params, state.compression_state, updates, **extra_args)
-        updates = enforce_masks(inner_updates, params, _stable(old_masks, recipe.masks(cstate)))
+        recipe_args = {**extra_args, "steady": True} if steady else extra_args
+        cstate = recipe.update(params, state.compression_state, updates, **recipe_args)
+        kept = old_masks if steady else _stable(old_masks, recipe.masks(cstate))
+        updates = enforce_masks(inner_updates, params, kept)
         cstate, learned_state = _train_learned(cstate, state.learned_state, learned_grads, learned_tx, extra_args)
         return updates, WithCompressionState(inner_state, cstate, learned_state)
 

@@ -3,12 +3,15 @@
 A schedule answers two questions at a step ``t`` (a traced int32): the target
 sparsity ``schedule(t)`` and whether masks are recomputed at ``t``
 (``schedule.is_update_step(t)``). Both are jnp expressions, so a jitted
-training step never retraces as ``t`` advances.
+training step never retraces as ``t`` advances. ``is_update_step`` of a Python
+int is a Python bool, for loops that decide on the host (see
+:attr:`jaxcompress.Transform.refreshes_at`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import numbers
 
 import jax
 import jax.numpy as jnp
@@ -25,7 +28,8 @@ class Schedule:
     def __call__(self, step: jax.typing.ArrayLike) -> jax.Array:
         raise NotImplementedError
 
-    def is_update_step(self, step: jax.typing.ArrayLike) -> jax.Array:
+    def is_update_step(self, step: jax.typing.ArrayLike) -> jax.Array | bool:
+        """Whether masks are recomputed at ``step`` (a bool array; a Python bool for a Python int)."""
         raise NotImplementedError
 
     @property
@@ -34,8 +38,15 @@ class Schedule:
         raise NotImplementedError
 
 
-def _window(step, begin: int, end: int, frequency: int) -> jax.Array:
-    step = jnp.asarray(step, jnp.int32)
+def _as_step(step):
+    """A Python int stays one (host-side decisions); anything else becomes an int32 array."""
+    if isinstance(step, numbers.Integral) and not isinstance(step, bool):
+        return int(step)
+    return jnp.asarray(step, jnp.int32)
+
+
+def _window(step, begin: int, end: int, frequency: int) -> jax.Array | bool:
+    step = _as_step(step)
     in_window = (step >= begin) & (step <= end)
     on_beat = ((step - begin) % frequency == 0) | (step == end)
     return in_window & on_beat
@@ -53,7 +64,7 @@ class OneShot(Schedule):
         return jnp.asarray(self.sparsity, jnp.float32)
 
     def is_update_step(self, step):
-        return jnp.asarray(step, jnp.int32) == self.at
+        return _as_step(step) == self.at
 
     @property
     def final(self) -> float:

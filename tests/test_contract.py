@@ -114,3 +114,22 @@ def test_train_apply_matches_apply_on_params_from_the_wrapper(transform):
         cstate = jc.optim.compression_state(opt_state)
         chex.assert_trees_all_equal(jc.optim.train_apply(transform, params, cstate), transform.apply(params, cstate))
         params, opt_state = step(params, opt_state)
+
+
+def test_steady_updates_where_no_refresh_is_due_change_nothing(transform):
+    # Where refreshes_at(step) is False, update(..., steady=True) (a program
+    # without the refresh branch) must give the state the traced refresh gives.
+    params = make_params()
+    state = transform.init(params)
+    if transform.masks(state) or isinstance(state, jc.prune.STEState):
+        assert transform.refreshes_at is not None  # every mask schedule is known on the host
+    if transform.refreshes_at is None:
+        return
+    traced_step = jax.jit(lambda p, s: transform.update(p, s, fake_grads(p)))
+    steady_step = jax.jit(lambda p, s: transform.update(p, s, fake_grads(p), steady=True))
+    traced, steady = state, state
+    for count in range(8):
+        params = jax.tree.map(lambda x: x * 0.9 + jnp.cos(x + count), params)  # scores move between steps
+        traced = traced_step(params, traced)
+        steady = steady_step(params, steady) if not transform.refreshes_at(count) else traced_step(params, steady)
+        chex.assert_trees_all_equal(steady, traced)

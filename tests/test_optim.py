@@ -211,3 +211,46 @@ def test_extra_args_are_forwarded():
     grads = jax.grad(fn)(params)
     updates, _ = tx.update(grads, state, params, value=fn(params), grad=grads, value_fn=fn)
     assert jax.tree.structure(updates) == jax.tree.structure(params)
+
+
+def test_steady_steps_between_refreshes_give_the_same_training_in_a_program_without_cond():
+    model, params, x, y = setup()
+    recipe = recipe_for(end=12)
+    apply_fn = lambda p, xb: model.apply({"params": p}, xb)
+    tx = jc.optim.with_compression(optax.adam(1e-2), recipe)
+    step = jc.train.make_train_step(apply_fn, tx, recipe)
+    due = [recipe.refreshes_at(i) for i in range(20)]
+    assert due == [i in (0, 5, 10, 12) for i in range(20)]  # polynomial(begin=0, end=12, frequency=5)
+
+    traced, host = (params, tx.init(params)), (params, tx.init(params))
+    for i in range(20):
+        traced = step(*traced, x, y, steady=False)[:2]
+        host = step(*host, x, y, steady=not due[i])[:2]
+        chex.assert_trees_all_equal(host, traced)
+    assert step._cache_size() == 2  # the traced-refresh program and the steady one, each compiled once
+
+    # What fit runs is the same training.
+    batches = iter([(x, y)] * 20)
+    fitted, fitted_state, _ = jc.train.fit(apply_fn, params, tx, batches, 20, recipe=recipe)
+    chex.assert_trees_all_equal((fitted, fitted_state), traced)
+
+    # The steady program has no conditional left; the other one has the refresh's.
+    lowered = {s: step.lower(params, tx.init(params), x, y, steady=s).as_text() for s in (False, True)}
+    assert "stablehlo.case" in lowered[False] or "stablehlo.if" in lowered[False]
+    assert "stablehlo.case" not in lowered[True] and "stablehlo.if" not in lowered[True]
+
+
+def test_steady_must_be_a_static_bool():
+    _, params, _, _ = setup()
+    recipe = recipe_for()
+    tx = jc.optim.with_compression(optax.sgd(0.1), recipe)
+    state = tx.init(params)
+    grads = jax.tree.map(jnp.ones_like, params)
+    with pytest.raises(TypeError, match="`steady` must be a Python bool"):
+        jax.jit(lambda s: tx.update(grads, state, params, steady=s))(True)
+    with pytest.raises(TypeError, match="`steady` must be a Python bool"):
+        recipe.update(params, state.compression_state, steady=1)
+    with pytest.raises(TypeError, match="`count` must be a non-negative Python int"):
+        recipe.refreshes_at(2.0)
+    with pytest.raises(ValueError, match="`count` must be >= 0"):
+        recipe.refreshes_at(-1)

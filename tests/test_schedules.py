@@ -62,3 +62,22 @@ def test_schedules_are_traceable():
 def test_bad_arguments(build, match):
     with pytest.raises((ValueError, TypeError), match=match):
         build()
+
+
+@pytest.mark.parametrize(
+    "schedule",
+    [
+        schedules.polynomial(0.0, 0.9, begin=3, end=40, frequency=7),
+        schedules.one_shot(0.5, at=4),
+        schedules.constant(0.5, begin=2, end=30, frequency=4),
+        schedules.iterative(0.9, rounds=3, frequency=9, begin=1),
+    ],
+    ids=["polynomial", "one_shot", "constant", "iterative"],
+)
+def test_update_steps_on_the_host_match_the_traced_ones(schedule):
+    # A Python int gives a Python bool (host-side decisions), equal to the traced value.
+    traced = jax.jit(jax.vmap(schedule.is_update_step))(np.arange(60, dtype=np.int32))
+    host = [schedule.is_update_step(t) for t in range(60)]
+    assert all(type(h) is bool for h in host)
+    assert host == [bool(v) for v in traced]
+    assert [schedule.is_update_step(np.int64(t)) for t in range(60)] == host

@@ -136,7 +136,7 @@ def _dynamic(
         return {p: packed.pack(s | g) for p, (s,), (g,) in zip(paths, survive, grow, strict=True)}
 
     def update(params: Any, state, grads: Any = None, **extra_args):
-        del extra_args
+        steady = core.is_steady(extra_args)
         paths = list(state.masks)
         if decay and grads is None:
             raise ValueError(
@@ -146,7 +146,9 @@ def _dynamic(
         weights = core.leaves_at(params, paths)
         leaf_grads = core.leaves_at(grads, paths) if decay else None
         step = state.count
-        moving = (step > 0) & (step % frequency == 0) & (step < end)
+        if steady:  # the caller knows no topology update is due (refreshes_at): no cond in the program
+            return state_type(safe_increment(step), dict(state.masks))
+        moving = is_moving(step)
         if decay:  # RigL: cosine decay of the drop fraction to 0 at `end`.
             progress = jnp.minimum(step.astype(jnp.float32) / end, 1.0)
             fraction = drop_fraction / 2.0 * (1.0 + jnp.cos(jnp.pi * progress))
@@ -162,7 +164,13 @@ def _dynamic(
     def apply(params: Any, state) -> Any:
         return apply_straight_through(params, dict(state.masks))
 
-    return core.Transform(init, update, apply, lambda state: dict(state.masks))
+    def is_moving(step):
+        return (step > 0) & (step % frequency == 0) & (step < end)
+
+    def refreshes_at(count: int) -> bool:
+        return bool(is_moving(core.check_count(count)))
+
+    return core.Transform(init, update, apply, lambda state: dict(state.masks), refreshes_at=refreshes_at)
 
 
 def set_(

@@ -8,7 +8,9 @@ the target among the leaves (:mod:`~jaxcompress.prune.distributions`) and
 keeps exactly the right number of highest-scoring units with the sort-free
 threshold search (:mod:`~jaxcompress.prune.threshold`). Masks are stored
 bit-packed. The refresh runs under ``lax.cond`` on a traced step counter, so
-a jitted training step traces once.
+a jitted training step traces once; a loop that knows on the host that no
+refresh is due (``refreshes_at``) can run ``update(..., steady=True)``, a
+program without the cond.
 """
 
 from __future__ import annotations
@@ -172,7 +174,7 @@ def pruner(
         return {p: packed.pack(structure.expand(k, sh)) for p, k, sh in zip(paths, keeps, shapes, strict=True)}
 
     def update(params: Any, state, grads: Any = None, **extra_args):
-        del extra_args
+        steady = core.is_steady(extra_args)
         paths = list(state.masks)
         if score.needs_grads and grads is None:
             raise ValueError(
@@ -188,6 +190,8 @@ def pruner(
             sums = {p: score.accumulate(sums[p], weights[p], leaf_grads[p]) for p in paths}
         fixed = distributions.resolve_overrides(overrides, paths, weights)
         step = state.count
+        if steady:  # the caller knows no refresh is due (refreshes_at): no cond in the program
+            return make_state(core.safe_increment(step), state.sparsity, dict(state.masks), sums)
         target = schedule(step)
         do_refresh = schedule.is_update_step(step)
         masks = lax.cond(
@@ -197,6 +201,9 @@ def pruner(
         )
         sparsity_now = jnp.where(do_refresh, target, state.sparsity)
         return make_state(core.safe_increment(step), sparsity_now, masks, sums)
+
+    def refreshes_at(count: int) -> bool:
+        return bool(schedule.is_update_step(core.check_count(count)))
 
     def apply(params: Any, state) -> Any:
         return core.map_selected(lambda path, w: state.masks[path].keep(w), params, list(state.masks))
@@ -209,4 +216,4 @@ def pruner(
     def masks(state) -> dict[str, packed.PackedMask]:
         return dict(state.masks)
 
-    return core.Transform(init, update, apply, masks, train_apply=train_apply)
+    return core.Transform(init, update, apply, masks, train_apply=train_apply, refreshes_at=refreshes_at)

@@ -85,7 +85,7 @@ def ste(inner: core.Transform) -> core.Transform:
     def apply(params: Any, state: STEState) -> Any:
         return apply_straight_through(params, inner.masks(state.inner_state))
 
-    return core.Transform(init, update, apply, lambda state: {})
+    return core.Transform(init, update, apply, lambda state: {}, refreshes_at=inner.refreshes_at)
 
 
 def apply_straight_through(params: Any, masks: dict[str, packed.PackedMask]) -> Any:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -31,6 +32,11 @@ def make_train_step(apply_fn: ApplyFn, tx: optax.GradientTransformation, recipe:
     ``activation_stats``), and the recipe's learned parameters (LSQ, PACT,
     codebooks) are trained through ``learned_grads``. ``apply_fn`` must be a
     Flax linen ``apply`` for activation quantization to reach its layers.
+
+    The step with a recipe takes a static ``steady=False``: pass ``True`` on
+    steps where ``recipe.refreshes_at(step)`` is ``False`` to run a second
+    program without the mask-refresh branch (see
+    :func:`jaxcompress.optim.with_compression`); :func:`fit` does.
     """
     if recipe is None:
 
@@ -55,11 +61,13 @@ def make_train_step(apply_fn: ApplyFn, tx: optax.GradientTransformation, recipe:
             logits = apply_fn(compressed, x)
         return cross_entropy(logits, y), observed.ranges
 
-    @jax.jit
-    def step(params, opt_state, x, y):
+    @functools.partial(jax.jit, static_argnames="steady")
+    def step(params, opt_state, x, y, steady=False):
         cstate = optim.compression_state(opt_state)
         (loss, ranges), grads, learned_grads = optim.value_and_grad(loss_fn, has_aux=True)(params, cstate, x, y)
         extra = {"activation_stats": ranges} if ranges else {}
+        if steady:
+            extra["steady"] = True
         updates, opt_state = tx.update(grads, opt_state, params, learned_grads=learned_grads, **extra)
         return optax.apply_updates(params, updates), opt_state, loss
 
@@ -98,9 +106,15 @@ def fit(
         from tqdm.auto import tqdm
 
         bar = tqdm(total=steps, desc=progress, unit="step", leave=True, dynamic_ncols=True)
+    # Between mask refreshes, the program without the refresh branch (the step
+    # is counted here: the optimizer state starts at step 0).
+    refreshes_at = recipe.refreshes_at if recipe is not None else None
     for i in range(steps):
         x, y = next(data)
-        params, opt_state, loss = step(params, opt_state, x, y)
+        if refreshes_at is not None:
+            params, opt_state, loss = step(params, opt_state, x, y, steady=not refreshes_at(i))
+        else:
+            params, opt_state, loss = step(params, opt_state, x, y)
         if bar is not None:
             bar.update(1)
             if i % 20 == 0 or i == steps - 1:
