@@ -129,7 +129,7 @@ def test_steady_updates_where_no_refresh_is_due_change_nothing(transform):
     steady_step = jax.jit(lambda p, s: transform.update(p, s, fake_grads(p), steady=True))
     traced, steady = state, state
     for count in range(8):
-        params = jax.tree.map(lambda x: x * 0.9 + jnp.cos(x + count), params)  # scores move between steps
+        params = jax.tree.map(lambda x, c=count: x * 0.9 + jnp.cos(x + c), params)  # scores move between steps
         traced = traced_step(params, traced)
         steady = steady_step(params, steady) if not transform.refreshes_at(count) else traced_step(params, steady)
         chex.assert_trees_all_equal(steady, traced)

@@ -43,32 +43,42 @@ class Program(NamedTuple):
     def __call__(self, weights: dict[str, Any], x: jax.Array) -> jax.Array:
         layer_weights = weights["layers"]
 
-        def interceptor(next_fun, args, kwargs, context):
-            if context.method_name != "__call__":
-                return next_fun(*args, **kwargs)
-            path = "/".join(context.module.path)
-            plan = self.plans.get(path)
-            if plan is None:
-                return next_fun(*args, **kwargs)
+        def layer(path, plan, next_fun, args, kwargs):
             inputs = args[0]
-            if plan.kind == "identity":
-                return inputs
             if plan.kind == "module":
                 if plan.spec is not None:
                     args = (layers.fake_quantize_input(inputs, plan.spec).astype(inputs.dtype), *args[1:])
                 out = next_fun(*args, **kwargs)
+            elif plan.kind == "dense":
+                out = layers.dense(inputs, layer_weights[path], plan.spec, integer=plan.integer)
             else:
-                w = layer_weights[path]
-                if plan.kind == "dense":
-                    out = layers.dense(inputs, w, plan.spec, integer=plan.integer)
-                else:
-                    out = layers.conv(inputs, w, plan.spec, plan.conv, integer=plan.integer)
+                out = layers.conv(inputs, layer_weights[path], plan.spec, plan.conv, integer=plan.integer)
             if plan.out_spec is not None:
                 out = layers.fake_quantize_input(out, plan.out_spec).astype(out.dtype)
             return out
 
-        with nn.intercept_methods(interceptor):
-            return self.model.apply(weights["variables"], x, **self.apply_kwargs)
+        return run_planned(self.model, weights["variables"], x, self.apply_kwargs, self.plans, layer)
+
+
+def run_planned(
+    model: nn.Module, variables: Any, x: Any, apply_kwargs: dict[str, Any], plans: dict[str, LayerPlan], layer: Callable
+) -> Any:
+    """``model.apply`` with each planned call swapped: a folded BatchNorm ("identity") returns
+    its input, any other plan runs ``layer(path, plan, next_fun, args, kwargs)``."""
+
+    def interceptor(next_fun, args, kwargs, context):
+        if context.method_name != "__call__":
+            return next_fun(*args, **kwargs)
+        path = "/".join(context.module.path)
+        plan = plans.get(path)
+        if plan is None:
+            return next_fun(*args, **kwargs)
+        if plan.kind == "identity":
+            return args[0]
+        return layer(path, plan, next_fun, args, kwargs)
+
+    with nn.intercept_methods(interceptor):
+        return model.apply(variables, x, **apply_kwargs)
 
 
 class Call(NamedTuple):

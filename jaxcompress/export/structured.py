@@ -68,18 +68,12 @@ def dead_channels(weights: dict[str, np.ndarray]) -> np.ndarray:
 
 
 def _run(model, variables, x, apply_kwargs, plans, float_weights, hook) -> tuple[Any, dict[str, Any]]:
-    """Eager run with planned layers on the float path; ``hook(path, inputs, output) -> output``."""
+    """Eager run with planned layers on the float path; ``hook`` replays their inputs and perturbs their outputs."""
     seen: dict[str, Any] = {}
 
-    def interceptor(next_fun, args, kwargs, context):
-        if context.method_name != "__call__":
+    def layer(path, plan, next_fun, args, kwargs):
+        if plan.kind == "module":
             return next_fun(*args, **kwargs)
-        path = "/".join(context.module.path)
-        plan = plans.get(path)
-        if plan is None or plan.kind == "module":
-            return next_fun(*args, **kwargs)
-        if plan.kind == "identity":
-            return args[0]
         seen[path] = args[0]
         inputs = hook.replay(path, args[0])
         w = float_weights[path]
@@ -89,9 +83,7 @@ def _run(model, variables, x, apply_kwargs, plans, float_weights, hook) -> tuple
             out = layers.conv(inputs, w, None, plan.conv, integer=False)
         return hook.perturb(path, out)
 
-    with nn.intercept_methods(interceptor):
-        y = model.apply(variables, x, **apply_kwargs)
-    return y, seen
+    return program.run_planned(model, variables, x, apply_kwargs, plans, layer), seen
 
 
 class _Hook:
