@@ -86,22 +86,22 @@ def _dequantize(q: jax.Array, scale: jax.Array, zp: jax.Array | None) -> jax.Arr
 
 def fake_quantize_input(x: jax.Array, spec: InputSpec | None) -> jax.Array:
     """``(q - zp) * scale`` in float32: what the fake-quantized model computes with."""
-    if spec is None:
-        return x.astype(jnp.float32)
-    q, scale, zp = quantize_input(x, spec)
-    return _dequantize(q, scale, zp)
+    return _float_input(x, {}, spec)[0]
 
 
-def _constants_float(x: jax.Array, w: dict, spec: InputSpec | None) -> jax.Array | None:
-    """Float contribution of inputs removed from this layer (constant values, see structured export)."""
-    if "const_values" not in w:
-        return None
-    c = w["const_values"]
+def _float_input(x: jax.Array, w: dict, spec: InputSpec | None) -> tuple[jax.Array, jax.Array | None]:
+    """The float path's input, fake-quantized, and the contribution of the constant inputs
+    removed from this layer (see structured export; None if none), on the same grid."""
+    c = w.get("const_values")
     if spec is not None:
-        scale, zp = input_scale(x, spec)
-        q, zp8 = quantize_with(c, spec, scale, zp)
-        c = _dequantize(q, scale, zp8)
-    return c @ w["const_kernelsum"]
+        scale, zp = input_scale(x, spec)  # once: the removed constants share the input's grid
+
+        def fake(v):
+            q, zp8 = quantize_with(v, spec, scale, zp)
+            return _dequantize(q, scale, zp8)
+
+        x, c = fake(x), (None if c is None else fake(c))
+    return x.astype(jnp.float32), (None if c is None else c @ w["const_kernelsum"])
 
 
 def _constants_int(x: jax.Array, w: dict, spec: InputSpec, scale, zp) -> jax.Array | None:
@@ -145,9 +145,9 @@ def dense(
     """
     bias = w.get("bias")
     if not integer:
-        xf = fake_quantize_input(x, spec)
+        xf, removed = _float_input(x, w, spec)
         y = lax.dot_general(xf, w["kernel"], (((x.ndim - 1,), (0,)), ((), ())))
-        return _add(_add(y, _constants_float(x, w, spec)), bias)
+        return _add(_add(y, removed), bias)
     spec = spec or InputSpec()
     sx, zx0 = input_scale(x, spec)
     qx, zx = quantize_with(x, spec, sx, zx0)
@@ -268,8 +268,8 @@ def conv(x: jax.Array, w: dict[str, jax.Array], spec: InputSpec | None, cfg: Con
 
     bias = w.get("bias")
     if not integer:
-        y = run(fake_quantize_input(x, spec), w["kernel"], pads)
-        y = _add(_add(y, _constants_float(x, w, spec)), bias)
+        xf, removed = _float_input(x, w, spec)
+        y = _add(_add(run(xf, w["kernel"], pads), removed), bias)
     else:
         spec = spec or InputSpec()
         sx, zx0 = input_scale(x, spec)
