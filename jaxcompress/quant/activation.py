@@ -99,6 +99,11 @@ class Range(NamedTuple):
     hi: jax.Array  # shape=(), dtype=float32
 
 
+def range_union(a: Range, b: Range) -> Range:
+    """The smallest range spanning both ``a`` and ``b``: ``[min(a.lo, b.lo), max(a.hi, b.hi)]``."""
+    return Range(jnp.minimum(a.lo, b.lo), jnp.maximum(a.hi, b.hi))
+
+
 class ActivationsState(NamedTuple):
     """State of :func:`activations`."""
 
@@ -303,6 +308,14 @@ def sites_of(cstate: Any) -> dict[tuple[str, str], Site]:
     return sites
 
 
+def require_sites(cstate: Any, *, hint: str = "add jc.quant.activations(...).") -> dict[tuple[str, str], Site]:
+    """:func:`sites_of` ``cstate``; a ValueError ending in ``hint`` if it holds no activation state."""
+    sites = sites_of(cstate)
+    if not sites:
+        raise ValueError(f"`cstate` holds no activation quantization state; {hint}")
+    return sites
+
+
 def batch_range(x32: jax.Array, config: ActivationConfig) -> Range:
     """The batch's own range, as the dynamic mode uses it (stop-gradient)."""
     if config.symmetric and config.signed:
@@ -349,7 +362,7 @@ def _export(site: Site) -> InputQuant:
     if config.mode == "dynamic":
         return InputQuant(config.bits, config.signed, True, None, None, config.symmetric)
     if config.mode == "lsq":
-        scale = jnp.maximum(jnp.asarray(site.learned, jnp.float32), learned_step.MIN_STEP)
+        scale = learned_step.clamp_step(site.learned)
         return InputQuant(config.bits, config.signed, False, scale, None, True)
     if config.mode == "pact":
         return InputQuant(config.bits, False, False, pact.pact_scale(site.learned, config.bits), None, True)
@@ -393,7 +406,7 @@ def input_params(
     config = ActivationConfig(quant.bits, quant.signed, quant.symmetric, "dynamic", False, 0.0, (), ())
     r = batch_range(x.astype(jnp.float32), config)
     if floor is not None:
-        r = Range(jnp.minimum(r.lo, jnp.float32(floor[0])), jnp.maximum(r.hi, jnp.float32(floor[1])))
+        r = range_union(r, Range(jnp.float32(floor[0]), jnp.float32(floor[1])))
     scale, zp, _, _ = grid(config, r)
     return scale, zp
 

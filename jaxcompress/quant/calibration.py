@@ -139,9 +139,7 @@ def calibrate(
     candidates = _validate.check_int(candidates, argument="candidates", minimum=1)
     if num_batches is not None:
         num_batches = _validate.check_int(num_batches, argument="num_batches", minimum=1)
-    sites = activation.sites_of(cstate)
-    if not sites:
-        raise ValueError("`cstate` holds no activation quantization state; add jc.quant.activations(...).")
+    sites = activation.require_sites(cstate)
     modules = {m for m, kind in sites if kind == "inputs"}
     outs = {m for m, kind in sites if kind == "outputs"}
 
@@ -154,8 +152,7 @@ def calibrate(
                 x, sites[(module, kind)].config, method=method, percentile=percentile, candidates=candidates
             )
             if (module, kind) in seen:  # called twice in one batch: the union
-                old = seen[(module, kind)]
-                r = activation.Range(jnp.minimum(old.lo, r.lo), jnp.maximum(old.hi, r.hi))
+                r = activation.range_union(seen[(module, kind)], r)
             seen[(module, kind)] = r
             return x
 
@@ -172,9 +169,7 @@ def calibrate(
             if key not in combined:
                 combined[key] = r
             elif method == "minmax":
-                combined[key] = activation.Range(
-                    jnp.minimum(combined[key].lo, r.lo), jnp.maximum(combined[key].hi, r.hi)
-                )
+                combined[key] = activation.range_union(combined[key], r)
             elif method == "ema":
                 m = jnp.float32(momentum)
                 old = combined[key]

@@ -39,7 +39,6 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import flax.linen as nn
-import jax
 
 from jaxcompress.quant import activation
 
@@ -62,8 +61,7 @@ class Observed:
             return
         seen = self.ranges[kind]
         if module in seen:  # a module called twice: the union of its ranges
-            old = seen[module]
-            r = activation.Range(jax.numpy.minimum(old.lo, r.lo), jax.numpy.maximum(old.hi, r.hi))
+            r = activation.range_union(seen[module], r)
         seen[module] = r
 
 
@@ -108,11 +106,7 @@ def quantize_activations(cstate: Any) -> Iterator[Observed]:
       ValueError: if ``cstate`` holds no activation transform state, or two of
         them select the same module.
     """
-    sites = activation.sites_of(cstate)
-    if not sites:
-        raise ValueError(
-            "`cstate` holds no activation quantization state; add jc.quant.activations(...) to the recipe."
-        )
+    sites = activation.require_sites(cstate, hint="add jc.quant.activations(...) to the recipe.")
     observed = Observed()
 
     def site_fn(module: str, kind: str, x: Any) -> Any:

@@ -51,6 +51,11 @@ __all__ = ["LSQState", "lsq", "lsq_fake_quant", "lsq_init_step"]
 MIN_STEP = 1e-12
 
 
+def clamp_step(step: jax.typing.ArrayLike) -> jax.Array:
+    """``step`` as float32, at least :data:`MIN_STEP` (the step LSQ quantizes and exports with)."""
+    return jnp.maximum(jnp.asarray(step, jnp.float32), MIN_STEP)
+
+
 class LSQState(NamedTuple):
     """State of :func:`lsq`."""
 
@@ -107,7 +112,7 @@ def lsq_fake_quant(
     step = jnp.asarray(step, jnp.float32)
     if n is None:
         n = max(1, math.prod(jnp.shape(x)) // max(1, math.prod(jnp.shape(step))))
-    s = scale_grad(jnp.maximum(step, MIN_STEP), jnp.float32(1.0 / math.sqrt(n * qp)))
+    s = scale_grad(clamp_step(step), jnp.float32(1.0 / math.sqrt(n * qp)))
     if step.ndim:
         xv, (sv,), unview = gran_lib.grouped_view(x.astype(jnp.float32), (s,), granularity)
     else:
@@ -180,7 +185,7 @@ def lsq(
         out = {}
         for p, w in core.leaves_at(params, list(state.learned.values)).items():
             _, codes = leaf(p, w, state)
-            scale = jnp.maximum(jnp.asarray(state.learned.values[p], jnp.float32), MIN_STEP)
+            scale = clamp_step(state.learned.values[p])
             out[p] = affine_lib.integer_weights(codes, scale, None, bits, signed, granularity, w.ndim)
         return out
 

@@ -85,9 +85,7 @@ def quantize_activations_nnx(model: nnx.Module, cstate: Any) -> Iterator[hooks.O
     """
     if not isinstance(model, nnx.Module):
         raise TypeError(f"`model` must be an nnx.Module, got {type(model).__name__}.")
-    sites = activation.sites_of(cstate)
-    if not sites:
-        raise ValueError("`cstate` holds no activation quantization state; add jc.quant.activations(...).")
+    sites = activation.require_sites(cstate)
     if any(kind == "outputs" for _, kind in sites):
         raise ValueError("NNX activation quantization supports layer inputs only; use `outputs=False`.")
     layers = {"/".join(str(p) for p in path): m for path, m in nnx.iter_modules(model)}
