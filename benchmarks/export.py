@@ -28,7 +28,6 @@ import json
 import os
 import sys
 import tempfile
-import time
 
 import jax
 import jax.numpy as jnp
@@ -36,6 +35,7 @@ import numpy as np
 import optax
 
 import jaxcompress as jc
+from jaxcompress.export import program
 from jaxcompress.models import LeNet5, lenet300_100
 
 
@@ -61,16 +61,9 @@ def _fq(model, params, recipe, cstate, x):
 
 def interleaved_latency(fns: list, x, runs: int) -> list[float]:
     """Median seconds per call of each fn, after warm-up, runs interleaved so drift hits all alike."""
-    for f in fns:
-        for _ in range(20):
-            jax.block_until_ready(f(x))
-    samples = [[] for _ in fns]
-    for _ in range(runs):
-        for i, f in enumerate(fns):
-            start = time.perf_counter()
-            jax.block_until_ready(f(x))
-            samples[i].append(time.perf_counter() - start)
-    return [float(np.median(s)) for s in samples]
+    return program.timed_interleaved(
+        [(lambda _, xb, f=f: f(xb), None) for f in fns], x, rounds=runs, repeats=1, warmup=20
+    )
 
 
 def error_pct(logits: np.ndarray, labels: np.ndarray) -> float:

@@ -264,18 +264,11 @@ class _Layer:
     def reduce(self, keep_out, keep_in, consts) -> None:
         for name, w in self.candidates.items():
             self.candidates[name] = structured.reduce_weights(w, self.kind, keep_out, keep_in, consts)
-        in_axis = 0 if self.kind == "dense" else self.codes.ndim - 2
-        out = slice(None) if keep_out is None else keep_out
-        if keep_in is not None:
-            self.codes = np.take(self.codes, keep_in, axis=in_axis)
-        self.codes = self.codes[..., out]
+        self.codes = structured.slice_kernel(self.codes, self.kind, keep_out, keep_in)
         for name in ("scale", "zero_point"):
             a = getattr(self, name)
-            if a is None:
-                continue
-            if keep_in is not None and a.shape[in_axis] > 1:
-                a = np.take(a, keep_in, axis=in_axis)
-            setattr(self, name, a[..., out] if a.shape[-1] > 1 else a)
+            if a is not None:
+                setattr(self, name, structured.slice_kernel(a, self.kind, keep_out, keep_in, broadcast=True))
 
 
 def _layer_weights(call, iw: core.IntegerWeights, compressed) -> _Layer:

@@ -159,12 +159,14 @@ def uses_running_average(call: Call) -> bool:
     return bool(flag)
 
 
-def timed_interleaved(programs: list[tuple[Callable, Any]], x, *, rounds: int = 3, repeats: int = 10) -> list[float]:
+def timed_interleaved(
+    programs: list[tuple[Callable, Any]], x, *, rounds: int = 3, repeats: int = 10, warmup: int = 3
+) -> list[float]:
     """Median seconds of each ``fn(args, x)``, after warm-up, runs interleaved so drift hits all alike."""
     import time
 
     for fn, args in programs:
-        for _ in range(3):
+        for _ in range(warmup):
             jax.block_until_ready(fn(args, x))
     samples: list[list[float]] = [[] for _ in programs]
     for _ in range(rounds):

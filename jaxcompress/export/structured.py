@@ -253,6 +253,22 @@ def _member_sums(w: dict, kind: str, consts: Constants) -> None:
         w["const_codesum"] = np.stack([per_input[m].sum(0) for m in consts.members]).astype(np.int32)
 
 
+def slice_kernel(
+    a: np.ndarray, kind: str, keep_out: np.ndarray | None, keep_in: np.ndarray | None, *, broadcast: bool = False
+) -> np.ndarray:
+    """``a`` in kernel layout (Dense ``(K, N)``, Conv ``(*window, I, O)``) with the kept input and output channels.
+
+    With ``broadcast``, an axis of size 1 (a per-tensor or per-channel scale
+    shaped to broadcast against the kernel) is left as it is.
+    """
+    in_axis = 0 if kind == "dense" else a.ndim - 2
+    if keep_in is not None and not (broadcast and a.shape[in_axis] == 1):
+        a = np.take(a, keep_in, axis=in_axis)
+    if keep_out is not None and not (broadcast and a.shape[-1] == 1):
+        a = a[..., keep_out]
+    return np.ascontiguousarray(a)
+
+
 def reduce_weights(
     candidates: dict[str, np.ndarray],
     kind: str,
@@ -265,10 +281,7 @@ def reduce_weights(
     _member_sums(w, kind, consts)
     out = slice(None) if keep_out is None else keep_out
     if "kernel" in w:
-        k = w["kernel"]
-        if keep_in is not None:
-            k = np.take(k, keep_in, axis=0 if kind == "dense" else k.ndim - 2)
-        w["kernel"] = np.ascontiguousarray(k[..., out])
+        w["kernel"] = slice_kernel(w["kernel"], kind, keep_out, keep_in)
     else:
         key = "codes_t" if kind == "dense" else "codes"
         c = w[key]
@@ -277,8 +290,7 @@ def reduce_weights(
             c = c[:, keep_in] if keep_in is not None else c
             colsum = c.astype(np.int32).sum(axis=1, dtype=np.int32)
         else:
-            c = np.take(c, keep_in, axis=c.ndim - 2) if keep_in is not None else c
-            c = c[..., out]
+            c = slice_kernel(c, kind, keep_out, keep_in)
             colsum = c.astype(np.int32).reshape(-1, c.shape[-1]).sum(axis=0, dtype=np.int32)
         if "colsum" in w:
             w["colsum"] = colsum
