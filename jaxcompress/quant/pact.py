@@ -38,9 +38,14 @@ __all__ = ["pact_fake_quant", "pact_scale"]
 MIN_ALPHA = 1e-6
 
 
+def _clamp_alpha(alpha: jax.typing.ArrayLike) -> jax.Array:
+    """``alpha`` as float32, at least :data:`MIN_ALPHA`: the clipping level the forward and backward use."""
+    return jnp.maximum(jnp.asarray(alpha, jnp.float32), MIN_ALPHA)
+
+
 def pact_scale(alpha: jax.typing.ArrayLike, bits: int) -> jax.Array:
     """The step ``max(alpha, 1e-6) * float32(1 / (2^bits - 1))`` (float32)."""
-    return jnp.maximum(jnp.asarray(alpha, jnp.float32), MIN_ALPHA) * jnp.float32(1.0 / (2**bits - 1))
+    return _clamp_alpha(alpha) * jnp.float32(1.0 / (2**bits - 1))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
@@ -79,7 +84,7 @@ def _fwd(x, alpha, bits):
 
 def _bwd(bits, res, g):
     x, alpha = res
-    a = jnp.maximum(jnp.asarray(alpha, jnp.float32), MIN_ALPHA)
+    a = _clamp_alpha(alpha)
     x32 = x.astype(jnp.float32)
     inside = (x32 >= 0) & (x32 <= a)
     dx = jnp.where(inside, g, jnp.zeros_like(g))
