@@ -31,7 +31,7 @@ from jax import lax
 from jaxcompress.quant import activation
 from jaxcompress.quant.activation import InputQuant
 
-__all__ = ["DYNAMIC_INT8", "ConvConfig", "InputSpec", "conv", "dense", "fake_quantize_input", "quantize_input"]
+__all__ = ["DYNAMIC_INT8", "ConvConfig", "InputSpec", "conv", "dense", "fake_quantize_input"]
 
 
 DYNAMIC_INT8 = InputQuant(8, True, True, None, None, True)
@@ -68,13 +68,6 @@ def quantize_with(x: jax.Array, spec: InputSpec, scale: jax.Array, zp: jax.Array
         q = q - 128.0
         zp = (zp if zp is not None else jnp.int32(0)) - 128
     return q.astype(jnp.int8), zp
-
-
-def quantize_input(x: jax.Array, spec: InputSpec) -> tuple[jax.Array, jax.Array, jax.Array | None]:
-    """int8 codes, float32 scale (scalar) and int32 zero point (or None) of ``x``."""
-    scale, zp = input_scale(x, spec)
-    q, zp = quantize_with(x, spec, scale, zp)
-    return q, scale, zp
 
 
 def _dequantize(q: jax.Array, scale: jax.Array, zp: jax.Array | None) -> jax.Array:
