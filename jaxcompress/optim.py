@@ -113,14 +113,14 @@ def with_compression(
                 "jaxcompress can refresh masks and keep pruned weights at zero."
             )
         learned_grads = extra_args.pop("learned_grads", None)
-        steady = core.is_steady(extra_args)
+        recipe_args = dict(extra_args)
+        steady = core.is_steady(recipe_args)
         extra_args.pop("steady", None)  # the recipe's alone
         old_masks = recipe.masks(state.compression_state)
         # The inner optimizer sees no gradient and keeps no state for a weight
         # outside the masks (all fused into its own elementwise update).
         inner_state = clear_pruned(state.inner_state, params, old_masks)
         inner_updates, inner_state = inner.update(zero_pruned(updates, old_masks), inner_state, params, **extra_args)
-        recipe_args = {**extra_args, "steady": True} if steady else extra_args
         cstate = recipe.update(params, state.compression_state, updates, **recipe_args)
         kept = old_masks if steady else _stable(old_masks, recipe.masks(cstate))
         updates = enforce_masks(inner_updates, params, kept)

@@ -188,10 +188,10 @@ def pruner(
         sums = dict(state.scores) if has_scores_field else {}
         if score.accumulates:
             sums = {p: score.accumulate(sums[p], weights[p], leaf_grads[p]) for p in paths}
-        fixed = distributions.resolve_overrides(overrides, paths, weights)
         step = state.count
         if steady:  # the caller knows no refresh is due (refreshes_at): no cond in the program
             return make_state(core.safe_increment(step), state.sparsity, dict(state.masks), sums)
+        fixed = distributions.resolve_overrides(overrides, paths, weights)
         target = schedule(step)
         do_refresh = schedule.is_update_step(step)
         masks = lax.cond(
