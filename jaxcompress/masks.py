@@ -58,13 +58,16 @@ def pack(mask: jax.Array) -> PackedMask:
     shape = tuple(mask.shape)
     rows, cols = _rows_cols(shape)
     keep = jnp.reshape(mask.astype(jnp.bool_), (rows, cols))
-    keep = jnp.pad(keep, ((0, -rows % 8), (0, 0)))
     # Bit i of byte r holds row 8r + i (little bit order, as jnp.packbits). Eight
-    # strided slices OR-ed together fuse into one loop (jnp.packbits' reduction
-    # over a size-8 axis is about twice as slow on CPU).
-    bits = jnp.zeros((keep.shape[0] // 8, cols), jnp.uint8)
+    # strided slices OR-ed together fuse into one loop with the mask's producer
+    # (jnp.packbits' reduction over a size-8 axis is about twice as slow on
+    # CPU). Short slices are padded each, not the mask: a padded mask is stored.
+    n_bytes = -(-rows // 8)
+    bits = jnp.zeros((n_bytes, cols), jnp.uint8)
     for i in range(8):
-        bits = bits | (keep[i::8].astype(jnp.uint8) << i)
+        row_bits = keep[i::8]
+        row_bits = jnp.pad(row_bits, ((0, n_bytes - row_bits.shape[0]), (0, 0)))
+        bits = bits | (row_bits.astype(jnp.uint8) << i)
     return PackedMask(bits, shape)
 
 

@@ -66,11 +66,17 @@ def test_threshold_search_across_arrays_matches_reference():
     np.testing.assert_array_equal(np.concatenate([np.asarray(k).ravel() for k in keeps]), expected)
 
 
-def test_packed_masks_round_trip_and_cost_one_bit_per_weight():
-    mask = jax.random.bernoulli(jax.random.key(0), 0.3, (5, 5, 3, 17))
+@pytest.mark.parametrize("shape", [(5, 5, 3, 17), (16, 3), (300, 10), (7, 2), (9,), ()])
+def test_packed_masks_round_trip_and_cost_one_bit_per_weight(shape):
+    mask = jax.random.bernoulli(jax.random.key(0), 0.3, shape)
     p = packed.pack(mask)
+    rows = int(np.prod(shape[:-1])) if len(shape) > 1 else (shape[0] if shape else 1)
+    cols = shape[-1] if len(shape) > 1 else 1
     assert p.bits.dtype == jnp.uint8
-    assert p.bits.shape == (10, 17)  # ceil(75 / 8) rows of the 17 output channels
+    assert p.bits.shape == (-(-rows // 8), cols)  # e.g. ceil(75 / 8) rows of a conv's 17 output channels
+    # Bit i of byte r is row 8r + i, as numpy's little-endian packbits along the rows.
+    reference = np.packbits(np.asarray(mask).reshape(rows, cols), axis=0, bitorder="little")
+    np.testing.assert_array_equal(p.bits, reference)
     np.testing.assert_array_equal(p.unpack(), mask)
 
 
