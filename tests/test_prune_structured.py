@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import jaxcompress as jc
+from jaxcompress.prune import structures
 
 
 def tree(seed=0):
@@ -98,3 +99,12 @@ def test_block_pruning_zeroes_whole_blocks():
         assert (~kept_tiles).sum() == round(0.75 * kept_tiles.size)
         sums = tiles.sum(axis=(-3, -1))
         assert sums[kept_tiles].min() >= sums[~kept_tiles].max()
+
+
+def test_only_per_weight_structures_take_a_score_function():
+    scores = [[jnp.ones((4, 8))]]
+    for structure in [structures.Channel(), structures.Block((2, 2)), structures.NM(2, 4)]:
+        with pytest.raises(ValueError, match="unit scores only"):
+            structure.select(scores, [jnp.int32(1)], score=jnp.abs)
+    ((keep,),) = structures.Unstructured().select([[-jnp.arange(8.0)]], [jnp.int32(3)], score=jnp.abs)
+    np.testing.assert_array_equal(keep, np.arange(8) >= 3)

@@ -58,6 +58,18 @@ def test_exact_against_stable_sort(select, kind):
         np.testing.assert_array_equal(got, numpy_keep(arrays, n), err_msg=f"{kind}, n={n}")
 
 
+@pytest.mark.parametrize("kind", ["normal", "few-values", "mostly-zero", "bfloat16", "signed-zeros"])
+def test_scores_computed_inside_the_search_match_stored_scores(kind):
+    # select(w, score=|.|) never stores |w| or its keys; it must prune exactly
+    # what select(|w|) and the numpy reference prune, ties (by index) included.
+    rng = np.random.default_rng(len(kind) + 1)
+    arrays = draw(kind, rng)
+    search = jax.jit(lambda arrays, n: threshold.select([arrays], [n], score=jnp.abs)[0])
+    for n in [0, 1, TOTAL // 3, round(0.9 * TOTAL), TOTAL]:
+        got = np.concatenate([np.asarray(k).ravel() for k in search([jnp.asarray(a) for a in arrays], n)])
+        np.testing.assert_array_equal(got, numpy_keep([np.abs(a) for a in arrays], n), err_msg=f"{kind}, n={n}")
+
+
 def test_kth_key_reports_counts_and_ends_fast():
     rng = np.random.default_rng(0)
     search = jax.jit(lambda keys, k: threshold.kth_key(keys, k))

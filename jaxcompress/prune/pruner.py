@@ -144,11 +144,14 @@ def pruner(
     def refresh(weights, grads, sums, target, fixed):
         paths = list(weights)
         shapes = [tuple(w.shape) for w in weights.values()]
+        # Scores of the weights alone (|w|) are computed inside the search, where
+        # they are used, instead of being stored: the selection gets the weights.
+        defer = score.of_weights and structure.per_weight
         leaf_scores = []
         for i, p in enumerate(paths):
             g = grads[p] if grads is not None else None
             salt = scores_lib.leaf_salt(seed, i)
-            leaf_scores.append(structure.unit_scores(score(weights[p], g, sums.get(p), salt)))
+            leaf_scores.append(weights[p] if defer else structure.unit_scores(score(weights[p], g, sums.get(p), salt)))
         units = [structure.num_units(s) for s in shapes]
         fixed_at = [fixed.get(p) for p in paths]
         per_leaf = distributions.layer_sparsities(
@@ -166,7 +169,9 @@ def pruner(
         else:
             members = [[i] for i in range(len(paths))]
             counts = [structure.count(s, u) for s, u in zip(per_leaf, units, strict=True)]
-        chosen = structure.select([[leaf_scores[i] for i in group] for group in members], counts)
+        chosen = structure.select(
+            [[leaf_scores[i] for i in group] for group in members], counts, score=score.of_weight if defer else None
+        )
         keeps: list[Any] = [None] * len(paths)
         for group, group_keeps in zip(members, chosen, strict=True):
             for i, keep in zip(group, group_keeps, strict=True):

@@ -57,11 +57,15 @@ class Score:
       name: the score's name (``"magnitude"``, ...).
       needs_grads: ``update`` must receive the gradients.
       accumulates: the score keeps a running per-weight sum in the state.
+      of_weights: the score is a cheap elementwise function of the weights
+        alone (:meth:`of_weight`), so a selection may compute it where it is
+        used instead of storing it.
     """
 
     name: str
     needs_grads: bool = False
     accumulates: bool = False
+    of_weights: bool = False
 
     def init(self, leaf: jax.Array) -> jax.Array:
         """The running sum of an accumulating score (in the leaf's dtype)."""
@@ -75,6 +79,10 @@ class Score:
     def __call__(self, w: jax.Array, g: jax.Array | None, total: jax.Array | None, salt: int) -> jax.Array:
         """The float32 score of every entry of ``w`` (``salt``: seed and leaf, for random scores)."""
         raise NotImplementedError
+
+    def of_weight(self, w: jax.Array) -> jax.Array:
+        """The score of ``w`` alone, for scores with ``of_weights``."""
+        return self(w, None, None, 0)
 
 
 class _Magnitude(Score):
@@ -104,7 +112,7 @@ class _Movement(Score):
 
 
 SCORES: dict[str, Score] = {
-    "magnitude": _Magnitude("magnitude"),
+    "magnitude": _Magnitude("magnitude", of_weights=True),
     "random": _Random("random"),
     "saliency": _Saliency("saliency", needs_grads=True),
     "movement": _Movement("movement", needs_grads=True, accumulates=True),

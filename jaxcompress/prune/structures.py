@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -42,6 +43,7 @@ class Structure:
     """Base class: how weights are grouped into units that are pruned together."""
 
     supports_global = True  # units of different leaves can share one threshold
+    per_weight = False  # every weight is a unit (unit_scores and expand are identities)
 
     def check(self, path: str, shape: tuple[int, ...]) -> None:
         """Raises a ``ValueError`` naming ``path`` if the leaf cannot take this structure."""
@@ -62,17 +64,28 @@ class Structure:
         """Units to prune at ``sparsity``."""
         return n_prune(sparsity, units)
 
-    def select(self, groups: list[list[jax.Array]], counts: list[jax.Array]) -> list[list[jax.Array]]:
+    def select(
+        self, groups: list[list[jax.Array]], counts: list[jax.Array], *, score: Callable | None = None
+    ) -> list[list[jax.Array]]:
         """Per group of unit-score arrays, keep-masks pruning exactly ``counts[g]`` lowest units.
 
         All groups are selected by one batched search (see :func:`threshold.select`).
+        With ``score`` (only where ``per_weight``), the arrays are weights and
+        ``score`` maps them elementwise to their scores inside the search.
         """
-        return threshold.select(groups, counts)
+        self._check_score(score)
+        return threshold.select(groups, counts, score=score)
+
+    def _check_score(self, score: Callable | None) -> None:
+        if score is not None and not self.per_weight:
+            raise ValueError(f"{type(self).__name__} selects units of several weights; it takes unit scores only.")
 
 
 @dataclasses.dataclass(frozen=True)
 class Unstructured(Structure):
     """Every weight is pruned on its own."""
+
+    per_weight = True
 
 
 def _axis(axis: int, ndim: int, path: str, what: str) -> int:
@@ -185,7 +198,8 @@ class NM(Structure):
         share = jnp.clip(sparsity / jnp.float32(final), 0.0, 1.0)
         return jnp.round(share * ((self.m - self.n) * groups)).astype(jnp.int32)
 
-    def select(self, groups, counts):
+    def select(self, groups, counts, *, score=None):
+        self._check_score(score)
         plans = []
         for (scores,), n in zip(groups, counts, strict=True):
             axis = self.axis % scores.ndim

@@ -19,6 +19,12 @@ arrays (one leaf for a layer-wise threshold, all leaves for a global one) has
 its own bracket, and one loop advances all of them, so a model with hundreds
 of layers compiles one loop, not hundreds.
 
+The keys are stored once, or, for scores that are a cheap elementwise map of
+the arrays (``|w|``: ``select(..., score=jnp.abs)``), computed inside every
+pass from the weights themselves: on CPU a pass is bound by its compares, not
+by the bytes it reads, so recomputing costs a few instructions per eight
+entries while storing costs a write and a read of the whole model.
+
 Every pass reduces each array to a few scalars, so on a sharded model the
 only cross-device traffic is a handful of scalar all-reduces per pass: no
 array is gathered, reshaped across shards or scanned.
@@ -26,8 +32,9 @@ array is gathered, reshaped across shards or scanned.
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -45,14 +52,28 @@ _GUESS_PASSES = 12  # after this many passes, split the key range evenly (a sure
 _MAX_PASSES = 64  # a safety bound, never reached (see the module docstring)
 _MAX_TOTAL = 2**31 - 1  # counts are int32
 
+_FIELDS = ("lo", "hi", "cb", "ch", "missed", "done")  # a group's search state
+
+KeysOf = Callable[[int, int, jax.Array], jax.Array]
+"""``keys_of(g, i, x)``: the ``uint32`` keys of ``x``, the ``i``-th array of group ``g``."""
+
+
+def _given_keys(g: int, i: int, x: jax.Array) -> jax.Array:
+    del g, i
+    return x
+
 
 def sortable_keys(scores: jax.Array) -> jax.Array:
-    """``uint32`` keys with ``key(a) < key(b)`` iff ``a < b`` for floats (``-0.0 == 0.0``, NaN highest)."""
-    scores = scores.astype(jnp.float32)
-    scores = jnp.where(scores == 0, jnp.float32(0), scores)  # one key for both zeros
-    bits = lax.bitcast_convert_type(scores, jnp.uint32)
-    negative = (bits >> 31) == 1
-    return jnp.where(negative, ~bits, bits | jnp.uint32(0x80000000))
+    """``uint32`` keys with ``key(a) < key(b)`` iff ``a < b`` for floats (``-0.0 == 0.0``, NaN highest).
+
+    Integer ops only (flip the magnitude bits of negatives, set the sign bit of
+    positives), so a compiler that knows the scores are non-negative (``|w|``)
+    folds the keys to one bitwise op per entry.
+    """
+    bits = lax.bitcast_convert_type(scores.astype(jnp.float32), jnp.uint32)
+    negative = lax.bitcast_convert_type(lax.bitcast_convert_type(bits, jnp.int32) >> 31, jnp.uint32)  # all ones or 0
+    keys = bits ^ (negative >> 1) ^ jnp.uint32(0x80000000)
+    return keys + (keys == jnp.uint32(0x7FFFFFFF)).astype(jnp.uint32)  # -0.0 onto +0.0
 
 
 def _key_value(key: jax.Array) -> jax.Array:
@@ -61,7 +82,7 @@ def _key_value(key: jax.Array) -> jax.Array:
     return lax.bitcast_convert_type(bits, jnp.float32)
 
 
-def _pass(groups: Sequence[Sequence[jax.Array]], pivots: jax.Array, lo: jax.Array, hi: jax.Array):
+def _pass(groups: Sequence[Sequence[jax.Array]], pivots: jax.Array, lo: jax.Array, hi: jax.Array, keys_of: KeysOf):
     """One pass over all arrays: per group, ``#{key <= p}`` for its pivots, ``min{key >= lo}``, ``max{key <= hi}``.
 
     Each array is reduced over all its axes by one variadic reduction (one
@@ -78,9 +99,10 @@ def _pass(groups: Sequence[Sequence[jax.Array]], pivots: jax.Array, lo: jax.Arra
         return (*sums, jnp.minimum(a[n_piv], b[n_piv]), jnp.minimum(a[n_piv + 1], b[n_piv + 1]))
 
     counts, above, below = [], [], []
-    for g, keys in enumerate(groups):
+    for g, arrays in enumerate(groups):
         outs = []
-        for k in keys:
+        for i, x in enumerate(arrays):
+            k = keys_of(g, i, x)
             operands = [(k <= pivots[g, j]).astype(jnp.int32) for j in range(n_piv)] + [k - lo[g], hi[g] - k]
             inits = [jnp.int32(0)] * n_piv + [jnp.uint32(_KEY_MAX)] * 2
             outs.append(lax.reduce(tuple(operands), tuple(inits), combine, tuple(range(k.ndim))))
@@ -115,14 +137,21 @@ def _pivots(s: dict, k: jax.Array, by_value: bool) -> jax.Array:
     return jnp.clip(key_pivots, lo, jnp.maximum(hi, jnp.uint32(1)) - 1)
 
 
-def kth_keys(groups: Sequence[Sequence[jax.Array]], k: jax.Array, *, by_value: bool = True) -> tuple[jax.Array, ...]:
+def kth_keys(
+    groups: Sequence[Sequence[jax.Array]], k: jax.Array, *, by_value: bool = True, keys_of: KeysOf = _given_keys
+) -> tuple[jax.Array, ...]:
     """The ``k[g]``-th smallest key (1-based) over the arrays of each group ``g``.
 
     Args:
-      groups: ``G`` groups of ``uint32`` key arrays (any shapes; see :func:`sortable_keys`).
+      groups: ``G`` groups of arrays (any shapes): ``uint32`` keys (see
+        :func:`sortable_keys`), or whatever ``keys_of`` maps to keys.
       k: ``(G,)`` ranks, each clamped into ``[1, group size]``.
       by_value: interpolate in the float values the keys stand for (scores);
         ``False`` interpolates the keys themselves (integers, e.g. indices).
+      keys_of: ``keys_of(g, i, x)`` gives the keys of the ``i``-th array of
+        group ``g``. It runs inside every pass, so keys computed from the
+        arrays by a few elementwise ops are never stored (default: the arrays
+        are the keys).
 
     Returns:
       ``(t, n_lt, n_le, passes)`` with ``(G,)`` entries: either ``t`` is the
@@ -132,36 +161,53 @@ def kth_keys(groups: Sequence[Sequence[jax.Array]], k: jax.Array, *, by_value: b
       below ``t`` plus the first ``k - n_lt`` equal to it. ``passes`` is the
       number of passes over the data the search took (int32 scalar).
     """
-    sizes = np.array([sum(math.prod(x.shape) for x in keys) for keys in groups], np.int32)
+    sizes = np.array([sum(math.prod(x.shape) for x in arrays) for arrays in groups], np.int32)
     n_groups = len(groups)
     k = jnp.clip(jnp.asarray(k, jnp.int32), 1, sizes)
     # A first pass finds each group's smallest and largest key.
-    _, lo, hi = _pass(
-        groups, jnp.zeros((n_groups, 0), jnp.uint32), jnp.zeros(n_groups, jnp.uint32), jnp.full(n_groups, _KEY_MAX)
-    )
+    none = jnp.zeros((n_groups, 0), jnp.uint32)
+    _, lo, hi = _pass(groups, none, jnp.zeros(n_groups, jnp.uint32), jnp.full(n_groups, _KEY_MAX), keys_of)
+    range_v = _key_value(hi) - _key_value(lo)
     # Per group: bracket [lo, hi] holding the answer, cb = #{key < lo}, ch = #{key <= hi}.
     # A group with exactly k keys at or below hi is cut at hi + 1 (lo = hi = hi + 1, cb = ch = k).
     cut = (k == sizes) & (hi < _KEY_MAX)
-    init = dict(
+    first = dict(
         lo=jnp.where(cut, hi + 1, lo),
         hi=jnp.where(cut, hi + 1, hi),
         cb=jnp.where(cut, k, 0),
         ch=jnp.asarray(sizes),
         missed=jnp.ones(n_groups, jnp.bool_),
         done=(lo == hi) | cut,
-        range_v=_key_value(hi) - _key_value(lo),
-        passes=jnp.int32(1),
     )
 
-    def body(s):
-        pivots = _pivots(s, k, by_value)
-        counts, mn, mx = _pass(groups, pivots, s["lo"], s["hi"])
-        # Narrow each bracket to the pivots around k, snapped to the keys in it.
-        below = counts < k[:, None]
-        lo = jnp.maximum(jnp.max(jnp.where(below, pivots + jnp.uint32(1), s["lo"][:, None]), axis=1), mn)
-        cb = jnp.max(jnp.where(below, counts, s["cb"][:, None]), axis=1)
-        hi = jnp.minimum(jnp.min(jnp.where(below, s["hi"][:, None], pivots), axis=1), mx)
-        ch = jnp.min(jnp.where(below, s["ch"][:, None], counts), axis=1)
+    # The loop carries the fields above as the columns of one (G, 6) uint32
+    # array: on CPU every separate small op costs about a microsecond a pass,
+    # and separate fields made about 25 of them.
+    def pack(fields):
+        return jnp.stack([fields[name].astype(jnp.uint32) for name in _FIELDS], axis=1)
+
+    def unpack(state):
+        s = {name: state[:, i] for i, name in enumerate(_FIELDS)}
+        return {**s, "cb": s["cb"].astype(jnp.int32), "ch": s["ch"].astype(jnp.int32)} | {
+            flag: s[flag] != 0 for flag in ("missed", "done")
+        }
+
+    def body(carry):
+        state, passes, arrays = carry
+        s = unpack(state)
+        pivots = _pivots({**s, "range_v": range_v, "passes": passes}, k, by_value)
+        counts, mn, mx = _pass(arrays, pivots, s["lo"], s["hi"], keys_of)
+        # Narrow each bracket to the pivots around k (they ascend), snapped to the keys in it.
+        lo, cb, hi, ch = s["lo"], s["cb"], s["hi"], s["ch"]
+        all_below, any_below = True, False
+        for j in range(pivots.shape[1]):
+            below = counts[:, j] < k
+            lo = jnp.where(below, jnp.maximum(lo, pivots[:, j] + 1), lo)
+            cb = jnp.where(below, jnp.maximum(cb, counts[:, j]), cb)
+            hi = jnp.where(below, hi, jnp.minimum(hi, pivots[:, j]))
+            ch = jnp.where(below, ch, jnp.minimum(ch, counts[:, j]))
+            all_below, any_below = all_below & below, any_below | below
+        lo, hi = jnp.maximum(lo, mn), jnp.minimum(hi, mx)
         # One distinct key left in the (old) bracket: it is the answer, and the
         # counts around it are the bracket's. Else go on with the new bracket.
         single = (mn == mx) & ~s["done"]
@@ -169,20 +215,30 @@ def kth_keys(groups: Sequence[Sequence[jax.Array]], k: jax.Array, *, by_value: b
         # A pivot that landed on exactly k keys is a cut: no need to find the k-th key itself.
         cut = active & (ch == k) & (hi < _KEY_MAX)
         lo, hi, cb = jnp.where(cut, hi + 1, lo), jnp.where(cut, hi + 1, hi), jnp.where(cut, k, cb)
-        return dict(
-            lo=jnp.where(single, mn, jnp.where(active, lo, s["lo"])),
-            hi=jnp.where(single, mx, jnp.where(active, hi, s["hi"])),
-            cb=jnp.where(active, cb, s["cb"]),
-            ch=jnp.where(active, ch, s["ch"]),
-            missed=jnp.all(below, axis=1) | ~jnp.any(below, axis=1),
-            done=s["done"] | single | (active & (lo == hi)),
-            range_v=s["range_v"],
-            passes=s["passes"] + 1,
+        state = pack(
+            dict(
+                lo=jnp.where(single, mn, jnp.where(active, lo, s["lo"])),
+                hi=jnp.where(single, mx, jnp.where(active, hi, s["hi"])),
+                cb=jnp.where(active, cb, s["cb"]),
+                ch=jnp.where(active, ch, s["ch"]),
+                missed=all_below | ~any_below,
+                done=s["done"] | single | (active & (lo == hi)),
+            )
         )
+        # The arrays go around the loop behind a barrier. Else XLA hoists the
+        # keys_of computation out of the loop as loop-invariant and stores the
+        # keys: a write and a read of 4 bytes per entry, which on CPU cost more
+        # than recomputing them in each pass.
+        return lax.optimization_barrier((state, passes + 1, arrays))
 
-    out = lax.while_loop(lambda s: ~jnp.all(s["done"]) & (s["passes"] < _MAX_PASSES), body, init)
+    def searching(carry):
+        state, passes, _ = carry
+        return ~jnp.all(unpack(state)["done"]) & (passes < _MAX_PASSES)
+
+    state, passes, _ = lax.while_loop(searching, body, (pack(first), jnp.int32(1), groups))
+    out = unpack(state)
     # Done: the bracket is the single key t = lo = hi (or a cut), with cb keys below it and ch at or below.
-    return out["lo"], out["cb"], out["ch"], out["passes"]
+    return out["lo"], out["cb"], out["ch"], passes
 
 
 def kth_key(keys: Sequence[jax.Array], k: jax.typing.ArrayLike) -> tuple[jax.Array, ...]:
@@ -205,8 +261,13 @@ def _flat_index(shape: tuple[int, ...], offset: int) -> jax.Array:
     return index
 
 
-@jax.jit
-def select(groups: Sequence[Sequence[jax.Array]], n_prune: Sequence[jax.typing.ArrayLike]) -> list[list[jax.Array]]:
+@functools.partial(jax.jit, static_argnames="score")
+def select(
+    groups: Sequence[Sequence[jax.Array]],
+    n_prune: Sequence[jax.typing.ArrayLike],
+    *,
+    score: Callable[[jax.Array], jax.Array] | None = None,
+) -> list[list[jax.Array]]:
     """Keep-masks pruning exactly ``n_prune[g]`` of the smallest scores over each group's arrays.
 
     Ties at a group's threshold are pruned in order: its first array first,
@@ -215,56 +276,64 @@ def select(groups: Sequence[Sequence[jax.Array]], n_prune: Sequence[jax.typing.A
     per shape instead of dispatching op by op.
 
     Args:
-      groups: groups of score arrays (any float dtype, any shapes).
+      groups: groups of arrays (any shapes): the scores (any float dtype), or
+        what ``score`` maps to scores.
       n_prune: per group, how many entries to prune, ``0 <= n <= group size``.
+      score: a cheap elementwise map from the given arrays to their scores,
+        e.g. ``jnp.abs`` for weights. It runs where the scores are used, in
+        every pass of the search, so neither the scores nor their keys are
+        stored (on CPU that is a tenth faster than storing the keys once).
+        Without it the keys of the scores are computed once and stored. It
+        is a static argument: pass the same function object every time.
 
     Returns:
-      Per group, one boolean keep-mask per score array (same shapes).
+      Per group, one boolean keep-mask per array (same shapes).
     """
-    sizes = [[math.prod(s.shape) for s in scores] for scores in groups]
+    sizes = [[math.prod(s.shape) for s in arrays] for arrays in groups]
     for g, group_sizes in enumerate(sizes):
         if sum(group_sizes) > _MAX_TOTAL:
             raise ValueError(
                 f"`scores` group {g} holds {sum(group_sizes)} entries; one selection handles at most "
                 f"{_MAX_TOTAL}. Prune layer by layer (scope='layer') or over fewer leaves at a time."
             )
-    keys = [[sortable_keys(s) for s in scores] for scores in groups]
+    if score is None:  # the keys, stored once (computing them in every pass from any float costs more)
+        groups = [[sortable_keys(s) for s in arrays] for arrays in groups]
+        keys_of = _given_keys
+    else:
+        keys_of = lambda g, i, x: sortable_keys(score(x))
     totals = np.array([sum(g) for g in sizes], np.int32)
     n = jnp.clip(jnp.stack([jnp.asarray(x, jnp.int32) for x in n_prune]), 0, totals)
-    t, n_lt, n_le, _ = kth_keys(keys, n)
+    t, n_lt, n_le, _ = kth_keys(groups, n, keys_of=keys_of)
     ties_left = n - n_lt  # ties at t still to prune, 0 <= ties_left <= n_le - n_lt
     offsets = [np.cumsum([0, *gs[:-1]]).tolist() for gs in sizes]
 
-    def indices():
+    def index(g: int, i: int) -> jax.Array:
         # Built where used (from iotas, fused into the loop that reads them), never stored.
-        return [
-            [_flat_index(tuple(s.shape), o) for s, o in zip(scores, group_offsets, strict=True)]
-            for scores, group_offsets in zip(groups, offsets, strict=True)
-        ]
+        return _flat_index(tuple(groups[g][i].shape), offsets[g][i])
 
     partial = (ties_left > 0) & (ties_left < n_le - n_lt)
 
     def cutoff_search():
         # Per group, the ties_left-th smallest flat index among the ties (the
         # same search, over index keys); prune the ties up to and including it.
-        index_keys = [
-            [jnp.where(k == t[g], x.astype(jnp.uint32), _KEY_MAX) for k, x in zip(group_keys, group_index, strict=True)]
-            for g, (group_keys, group_index) in enumerate(zip(keys, indices(), strict=True))
-        ]
+        def index_keys(g, i, x):
+            return jnp.where(keys_of(g, i, x) == t[g], index(g, i).astype(jnp.uint32), _KEY_MAX)
+
         rank = jnp.maximum(ties_left, 1)
-        last, below, _, _ = kth_keys(index_keys, rank, by_value=False)
+        last, below, _, _ = kth_keys(groups, rank, by_value=False, keys_of=index_keys)
         return last.astype(jnp.int32) + jnp.where(below == rank, 0, 1)  # a cut is already one past
 
     # Usually every tie is pruned (cutoff past the end) or none is (cutoff 0).
     cutoff = jnp.where(ties_left > 0, jnp.int32(_MAX_TOTAL), jnp.int32(0))
     cutoff = lax.cond(jnp.any(partial), lambda: jnp.where(partial, cutoff_search(), cutoff), lambda: cutoff)
-    return [
-        [
-            ~(((k < t[g]) | ((k == t[g]) & (x < cutoff[g]))) & (n[g] > 0))  # (the search ran for rank 1 when n = 0)
-            for k, x in zip(group_keys, group_index, strict=True)
-        ]
-        for g, (group_keys, group_index) in enumerate(zip(keys, indices(), strict=True))
-    ]
+
+    def keep(g: int, i: int, x: jax.Array) -> jax.Array:
+        k = keys_of(g, i, x)
+        pruned = (k < t[g]) | ((k == t[g]) & (index(g, i) < cutoff[g]))
+        return ~(pruned & (n[g] > 0))  # (the search ran for rank 1 when n = 0)
+
+    # (Behind a barrier, so XLA does not merge these keys with the first pass's and store them.)
+    return [[keep(g, i, x) for i, x in enumerate(arrays)] for g, arrays in enumerate(lax.optimization_barrier(groups))]
 
 
 def keep_largest(scores: Sequence[jax.Array], n_prune: jax.typing.ArrayLike) -> list[jax.Array]:
