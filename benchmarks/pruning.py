@@ -107,9 +107,14 @@ def time_model(name: str, model, x: np.ndarray, y: np.ndarray, rounds: int) -> d
     med = {k: float(np.median(v)) * 1e6 for k, v in times.items()}
 
     kernels = [leaf for path, leaf in jc.paths.flatten(params)[0].items() if leaf.ndim >= 2]
-    n = sum(k.size for k in kernels)
-    keys = lambda ks: [[threshold.sortable_keys(jnp.abs(k)) for k in ks]]
-    passes = jax.jit(lambda ks: threshold.kth_keys(keys(ks), jnp.array([round(0.9 * n)]))[3])(kernels)
+    n = jnp.array([round(0.9 * sum(k.size for k in kernels))])
+
+    def search_passes(ks):  # the search the refresh runs (threshold.select with score=|w|)
+        first = threshold.sample_pivots([ks], n, score=jnp.abs)
+        keys_of = lambda g, i, x: threshold.sortable_keys(jnp.abs(x))
+        return threshold.kth_keys([ks], n, keys_of=keys_of, first_pivots=first)[3]
+
+    passes = jax.jit(search_passes)(kernels)
     state_bytes = nbytes(recipe.init(params))
     result = {
         f"{name}_float_step_us": round(med["float_step"], 1),
@@ -125,7 +130,7 @@ def time_model(name: str, model, x: np.ndarray, y: np.ndarray, rounds: int) -> d
         ),
         f"{name}_mask_state_bytes_over_param_bytes": round(state_bytes / nbytes(params), 4),
         f"{name}_refresh_search_passes": int(passes),
-        f"{name}_pruned_weights": int(n),
+        f"{name}_pruned_weights": int(sum(k.size for k in kernels)),
     }
     log(f"[timing] {name}: {result}")
     return result

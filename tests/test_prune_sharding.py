@@ -63,10 +63,13 @@ def test_global_refresh_on_sharded_params(mesh):
 
     found = collectives(refresh.lower(sharded, state).compile().as_text())
     assert found, "the search does communicate across devices"
-    # Per-device partial counts and extremes only: never params, nor masks (packing
-    # 8 rows per byte stays local where row shards are multiples of 8, as here).
+    # Per-device partial counts and extremes, and per-device partial sums of the
+    # samples that place the first pivots (f32, two per leaf) only: never params,
+    # nor masks (packing 8 rows per byte stays local where row shards are
+    # multiples of 8, as here).
     assert max(n for _, n, _ in found) <= 8, found
-    assert {dtype for _, _, dtype in found} <= {"s32", "u32"}, found
+    assert {dtype for _, _, dtype in found} <= {"s32", "u32", "f32"}, found
+    assert sum(dtype == "f32" for _, _, dtype in found) <= 4 * len(got), found
 
 
 def test_row_shards_not_a_multiple_of_8_still_give_the_same_masks(mesh):

@@ -79,12 +79,18 @@ def test_kth_key_reports_counts_and_ends_fast():
         flat = np.sort(np.concatenate([np.asarray(k).ravel() for k in keys]))
         for k in [1, 100, TOTAL // 2, TOTAL - 5, TOTAL]:
             t, n_lt, n_le, passes = search(keys, k)
-            if int(n_lt) == k:  # a cut: exactly k keys below t
-                assert int(n_le) == k and int(np.sum(flat < int(t))) == k
-            else:  # the k-th key, with the counts below and at it
-                assert int(t) == flat[k - 1]
-                assert int(n_lt) == int(np.sum(flat < flat[k - 1])) and int(n_le) == int(np.sum(flat <= flat[k - 1]))
+            check_kth(flat, k, t, n_lt, n_le)
             assert int(passes) <= 26, (kind, k, int(passes))  # the bound the search guarantees
+
+
+def check_kth(flat: np.ndarray, k: int, t, n_lt, n_le) -> None:
+    """A search result against the sorted keys ``flat``: a cut, or the k-th key with its counts."""
+    t, n_lt, n_le = int(t), int(n_lt), int(n_le)
+    if n_lt == k:  # a cut: exactly k keys below t
+        assert n_le == k and int(np.sum(flat < t)) == k
+    else:  # the k-th key, with the counts below and at it
+        assert t == flat[k - 1]
+        assert n_lt == int(np.sum(flat < t)) and n_le == int(np.sum(flat <= t))
 
 
 def test_sortable_keys_keep_float_order():
@@ -110,3 +116,27 @@ def test_batched_groups_each_get_their_exact_count():
         for g, n, group_keeps in zip(groups, ns, keeps, strict=True):
             got = np.concatenate([np.asarray(k).ravel() for k in group_keeps])
             np.testing.assert_array_equal(got, numpy_keep(g, n), err_msg=f"trial {trial}, n={n}")
+
+
+def test_any_first_pivots_give_the_same_answer_and_samples_save_passes():
+    # The first pivots only steer the search: good, bad or degenerate, the
+    # answer is the same. Sample-placed ones must also save passes overall.
+    rng = np.random.default_rng(3)
+    search = jax.jit(lambda keys, k, first: threshold.kth_keys([keys], k, first_pivots=first))
+    plain = jax.jit(lambda keys, k: threshold.kth_keys([keys], k))
+    sampled = jax.jit(lambda arrays, k: threshold.sample_pivots([arrays], k))
+    passes = {"sample": 0, "extremes": 0}
+    for kind in ["normal", "abs-laplace", "few-values", "mostly-zero", "scales"]:
+        arrays = [jnp.asarray(a) for a in draw(kind, rng)]
+        keys = [threshold.sortable_keys(a) for a in arrays]
+        flat = np.sort(np.concatenate([np.asarray(x).ravel() for x in keys]))
+        for q in [0.3, 0.5, 0.8, 0.9, 0.97]:
+            k = jnp.array([round(q * TOTAL)])
+            random_pivots = jnp.sort(jnp.asarray(rng.integers(0, 2**32 - 1, (1, 6), dtype=np.uint32)), axis=1)
+            extremes = [jnp.zeros((1, 6), jnp.uint32), jnp.full((1, 6), 2**32 - 2, jnp.uint32)]
+            for first in [sampled(arrays, k), random_pivots, *extremes]:
+                t, n_lt, n_le, _ = search(keys, k, first)
+                check_kth(flat, int(k[0]), t[0], n_lt[0], n_le[0])
+            passes["sample"] += int(search(keys, k, sampled(arrays, k))[3])
+            passes["extremes"] += int(plain(keys, k)[3])
+    assert passes["sample"] < 0.9 * passes["extremes"], passes

@@ -8,7 +8,12 @@ variadic reduction per array (no sort, no gather, no cumulative sum). Pivots
 are placed by interpolating the counts in value space, so a pass typically
 shrinks a bracket of ``m`` keys to a few ``sqrt(m)``; after a miss (or once a
 search runs long) they split the key range evenly, so every search ends within
-``_GUESS_PASSES + 14`` passes (4 to 10 on weights). A bracket is snapped to the
+``_GUESS_PASSES + 14`` passes (2 to 11 on weights). The first pass counts at
+pivots placed from a strided sample of about a thousand scores per array
+(:func:`sample_pivots`), which usually narrows the search to a few percent of
+the scores at once: a quarter fewer passes than starting from the extremes
+over weights of seven distributions and sparsities from 0.3 to 0.99
+(332 -> 249 passes; 4 -> 3 on LeNet-300-100 at 0.9). A bracket is snapped to the
 smallest and largest key inside it, and the search ends when it holds a single
 distinct key (the answer ``t``, with the counts of keys below and at it) or
 when a pivot lands on exactly ``k`` keys (a cut). Entries strictly below ``t``
@@ -25,9 +30,9 @@ pass from the weights themselves: on CPU a pass is bound by its compares, not
 by the bytes it reads, so recomputing costs a few instructions per eight
 entries while storing costs a write and a read of the whole model.
 
-Every pass reduces each array to a few scalars, so on a sharded model the
-only cross-device traffic is a handful of scalar all-reduces per pass: no
-array is gathered, reshaped across shards or scanned.
+Every pass reduces each array to a few scalars (and the sample to two sums),
+so on a sharded model the only cross-device traffic is a handful of scalar
+all-reduces per pass: no array is gathered, reshaped across shards or scanned.
 """
 
 from __future__ import annotations
@@ -41,7 +46,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-__all__ = ["keep_largest", "kth_key", "select", "sortable_keys"]
+__all__ = ["keep_largest", "kth_key", "kth_keys", "sample_pivots", "select", "sortable_keys"]
 
 _KEY_MAX = np.uint32(0xFFFFFFFF)
 _PIVOTS = 6  # pivots per pass (8 outputs per reduction; from 9 pivots on, XLA:CPU's pass costs 1.3x)
@@ -49,6 +54,8 @@ _OFFSETS = np.array([[-1.0, -0.2, -0.05, 0.05, 0.2, 1.0]], np.float32)  # around
 _EVEN = np.arange(1, _PIVOTS + 1, dtype=np.float32)[None, :] / (_PIVOTS + 1)
 _SPREAD = 4.0  # the spread is _SPREAD / sqrt(m) of the bracket (m keys in it), plus its share of the range
 _GUESS_PASSES = 12  # after this many passes, split the key range evenly (a sure shrink by _PIVOTS + 1)
+_LADDER = np.array([-0.4, -0.15, -0.05, 0.05, 0.15, 0.4], np.float32)  # first pivots around the guess, in std devs
+_SAMPLE_SIDE = 32  # a sample takes about this many entries along each axis
 _MAX_PASSES = 64  # a safety bound, never reached (see the module docstring)
 _MAX_TOTAL = 2**31 - 1  # counts are int32
 
@@ -61,6 +68,14 @@ KeysOf = Callable[[int, int, jax.Array], jax.Array]
 def _given_keys(g: int, i: int, x: jax.Array) -> jax.Array:
     del g, i
     return x
+
+
+def _identity(x: jax.Array) -> jax.Array:
+    return x
+
+
+def _add_pairs(a: tuple[jax.Array, jax.Array], b: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array]:
+    return a[0] + b[0], a[1] + b[1]
 
 
 def sortable_keys(scores: jax.Array) -> jax.Array:
@@ -137,8 +152,62 @@ def _pivots(s: dict, k: jax.Array, by_value: bool) -> jax.Array:
     return jnp.clip(key_pivots, lo, jnp.maximum(hi, jnp.uint32(1)) - 1)
 
 
+def _sample(x: jax.Array) -> jax.Array:
+    """A strided sample of ``x``: about ``_SAMPLE_SIDE`` rows of about ``_SAMPLE_SIDE`` entries, as a 2-D array.
+
+    The strides are powers of two, so on a sharded array each shard
+    (usually a multiple of them) samples its own entries.
+    """
+    x = jnp.reshape(x, (-1, x.shape[-1]) if x.ndim else (1, 1))
+    strides = [1 << max(0, (n // _SAMPLE_SIDE).bit_length() - 1) for n in x.shape]
+    return x[:: strides[0], :: strides[1]]
+
+
+def sample_pivots(
+    groups: Sequence[Sequence[jax.Array]], k: jax.Array, *, score: Callable[[jax.Array], jax.Array] | None = None
+) -> jax.Array:
+    """``(G, _PIVOTS)`` first pivots for :func:`kth_keys`, from a small strided sample of each group's scores.
+
+    The ``k[g]``-th smallest of ``n`` scores is guessed as the normal
+    quantile ``mean + std * ndtri((k - 1/2) / n)`` of the sample; the pivots
+    sit at ``guess + std * _LADDER``. A good guess lets the first pass narrow
+    the search to a few percent of the scores, in place of a pass that only
+    finds the extremes: on weights a search takes a quarter fewer passes
+    (one fewer on LeNet-300-100 at 90% sparsity). Only sums of the samples
+    are reduced, so on a sharded model this adds scalar all-reduces only.
+
+    Args:
+      groups: ``G`` groups of arrays (any shapes): float scores, or what
+        ``score`` maps elementwise to scores (as in :func:`select`).
+      k: ``(G,)`` ranks (1-based).
+      score: applied to the samples only.
+    """
+    score = _identity if score is None else score
+    pivots = []
+    for g, arrays in enumerate(groups):
+        size = sum(math.prod(x.shape) for x in arrays)
+        total = total_sq = jnp.float32(0)
+        for x in arrays:
+            y = score(_sample(x)).astype(jnp.float32)
+            # One variadic reduction per array (two plain float sums would each be split in two on CPU).
+            s1, s2 = lax.reduce((y, y * y), (jnp.float32(0), jnp.float32(0)), _add_pairs, (0, 1))
+            weight = math.prod(x.shape) / math.prod(y.shape)  # the sample stands for all the array's entries
+            total, total_sq = total + weight * s1, total_sq + weight * s2
+        mean = total / size
+        std = jnp.sqrt(jnp.maximum(total_sq / size - mean * mean, 0.0))
+        q = (jnp.clip(k[g], 1, size).astype(jnp.float32) - 0.5) / size
+        guess = mean + std * jax.scipy.special.ndtri(q)
+        pivots.append(sortable_keys(guess + std * _LADDER))  # ascending: the ladder ascends, std >= 0
+    return jnp.minimum(jnp.stack(pivots), _KEY_MAX - 1)
+
+
 def kth_keys(
-    groups: Sequence[Sequence[jax.Array]], k: jax.Array, *, by_value: bool = True, keys_of: KeysOf = _given_keys
+    groups: Sequence[Sequence[jax.Array]],
+    k: jax.Array,
+    *,
+    by_value: bool = True,
+    keys_of: KeysOf = _given_keys,
+    first_pivots: jax.Array | None = None,
 ) -> tuple[jax.Array, ...]:
     """The ``k[g]``-th smallest key (1-based) over the arrays of each group ``g``.
 
@@ -152,6 +221,9 @@ def kth_keys(
         group ``g``. It runs inside every pass, so keys computed from the
         arrays by a few elementwise ops are never stored (default: the arrays
         are the keys).
+      first_pivots: ``(G, _PIVOTS)`` ascending keys for the first pass (see
+        :func:`sample_pivots`). Without them the first pass finds each
+        group's smallest and largest key, and the next one splits that range.
 
     Returns:
       ``(t, n_lt, n_le, passes)`` with ``(G,)`` entries: either ``t`` is the
@@ -164,39 +236,10 @@ def kth_keys(
     sizes = np.array([sum(math.prod(x.shape) for x in arrays) for arrays in groups], np.int32)
     n_groups = len(groups)
     k = jnp.clip(jnp.asarray(k, jnp.int32), 1, sizes)
-    # A first pass finds each group's smallest and largest key.
-    none = jnp.zeros((n_groups, 0), jnp.uint32)
-    _, lo, hi = _pass(groups, none, jnp.zeros(n_groups, jnp.uint32), jnp.full(n_groups, _KEY_MAX), keys_of)
-    range_v = _key_value(hi) - _key_value(lo)
+
     # Per group: bracket [lo, hi] holding the answer, cb = #{key < lo}, ch = #{key <= hi}.
-    # A group with exactly k keys at or below hi is cut at hi + 1 (lo = hi = hi + 1, cb = ch = k).
-    cut = (k == sizes) & (hi < _KEY_MAX)
-    first = dict(
-        lo=jnp.where(cut, hi + 1, lo),
-        hi=jnp.where(cut, hi + 1, hi),
-        cb=jnp.where(cut, k, 0),
-        ch=jnp.asarray(sizes),
-        missed=jnp.ones(n_groups, jnp.bool_),
-        done=(lo == hi) | cut,
-    )
-
-    # The loop carries the fields above as the columns of one (G, 6) uint32
-    # array: on CPU every separate small op costs about a microsecond a pass,
-    # and separate fields made about 25 of them.
-    def pack(fields):
-        return jnp.stack([fields[name].astype(jnp.uint32) for name in _FIELDS], axis=1)
-
-    def unpack(state):
-        s = {name: state[:, i] for i, name in enumerate(_FIELDS)}
-        return {**s, "cb": s["cb"].astype(jnp.int32), "ch": s["ch"].astype(jnp.int32)} | {
-            flag: s[flag] != 0 for flag in ("missed", "done")
-        }
-
-    def body(carry):
-        state, passes, arrays = carry
-        s = unpack(state)
-        pivots = _pivots({**s, "range_v": range_v, "passes": passes}, k, by_value)
-        counts, mn, mx = _pass(arrays, pivots, s["lo"], s["hi"], keys_of)
+    def narrow(s, pivots, counts, mn, mx):
+        """The state after a pass that counted keys at ``pivots`` and snapped the bracket to ``[mn, mx]``."""
         # Narrow each bracket to the pivots around k (they ascend), snapped to the keys in it.
         lo, cb, hi, ch = s["lo"], s["cb"], s["hi"], s["ch"]
         all_below, any_below = True, False
@@ -215,21 +258,63 @@ def kth_keys(
         # A pivot that landed on exactly k keys is a cut: no need to find the k-th key itself.
         cut = active & (ch == k) & (hi < _KEY_MAX)
         lo, hi, cb = jnp.where(cut, hi + 1, lo), jnp.where(cut, hi + 1, hi), jnp.where(cut, k, cb)
-        state = pack(
-            dict(
-                lo=jnp.where(single, mn, jnp.where(active, lo, s["lo"])),
-                hi=jnp.where(single, mx, jnp.where(active, hi, s["hi"])),
-                cb=jnp.where(active, cb, s["cb"]),
-                ch=jnp.where(active, ch, s["ch"]),
-                missed=all_below | ~any_below,
-                done=s["done"] | single | (active & (lo == hi)),
-            )
+        return dict(
+            lo=jnp.where(single, mn, jnp.where(active, lo, s["lo"])),
+            hi=jnp.where(single, mx, jnp.where(active, hi, s["hi"])),
+            cb=jnp.where(active, cb, s["cb"]),
+            ch=jnp.where(active, ch, s["ch"]),
+            missed=all_below | ~any_below,
+            done=s["done"] | single | (active & (lo == hi)),
         )
+
+    everything = dict(
+        lo=jnp.zeros(n_groups, jnp.uint32),
+        hi=jnp.full(n_groups, _KEY_MAX),
+        cb=jnp.zeros(n_groups, jnp.int32),
+        ch=jnp.asarray(sizes),
+        missed=jnp.zeros(n_groups, jnp.bool_),
+        done=jnp.zeros(n_groups, jnp.bool_),
+    )
+    if first_pivots is None:  # a first pass finds each group's smallest and largest key
+        none = jnp.zeros((n_groups, 0), jnp.uint32)
+        _, lo, hi = _pass(groups, none, everything["lo"], everything["hi"], keys_of)
+        # A group with exactly k keys at or below hi is cut at hi + 1 (lo = hi = hi + 1, cb = ch = k).
+        cut = (k == sizes) & (hi < _KEY_MAX)
+        first = dict(
+            everything,
+            lo=jnp.where(cut, hi + 1, lo),
+            hi=jnp.where(cut, hi + 1, hi),
+            cb=jnp.where(cut, k, 0),
+            missed=jnp.ones(n_groups, jnp.bool_),
+            done=(lo == hi) | cut,
+        )
+    else:  # the first pass counts at the given pivots (and finds the extremes: the bracket is every key)
+        counts, lo, hi = _pass(groups, first_pivots, everything["lo"], everything["hi"], keys_of)
+        first = narrow(everything, first_pivots, counts, lo, hi)
+    range_v = _key_value(hi) - _key_value(lo)
+
+    # The loop carries the fields as the columns of one (G, 6) uint32 array:
+    # on CPU every separate small op costs about a microsecond a pass, and
+    # separate fields made about 25 of them.
+    def pack(fields):
+        return jnp.stack([fields[name].astype(jnp.uint32) for name in _FIELDS], axis=1)
+
+    def unpack(state):
+        s = {name: state[:, i] for i, name in enumerate(_FIELDS)}
+        return {**s, "cb": s["cb"].astype(jnp.int32), "ch": s["ch"].astype(jnp.int32)} | {
+            flag: s[flag] != 0 for flag in ("missed", "done")
+        }
+
+    def body(carry):
+        state, passes, arrays = carry
+        s = unpack(state)
+        pivots = _pivots({**s, "range_v": range_v, "passes": passes}, k, by_value)
+        counts, mn, mx = _pass(arrays, pivots, s["lo"], s["hi"], keys_of)
         # The arrays go around the loop behind a barrier. Else XLA hoists the
         # keys_of computation out of the loop as loop-invariant and stores the
         # keys: a write and a read of 4 bytes per entry, which on CPU cost more
         # than recomputing them in each pass.
-        return lax.optimization_barrier((state, passes + 1, arrays))
+        return lax.optimization_barrier((pack(narrow(s, pivots, counts, mn, mx)), passes + 1, arrays))
 
     def searching(carry):
         state, passes, _ = carry
@@ -296,14 +381,15 @@ def select(
                 f"`scores` group {g} holds {sum(group_sizes)} entries; one selection handles at most "
                 f"{_MAX_TOTAL}. Prune layer by layer (scope='layer') or over fewer leaves at a time."
             )
+    totals = np.array([sum(g) for g in sizes], np.int32)
+    n = jnp.clip(jnp.stack([jnp.asarray(x, jnp.int32) for x in n_prune]), 0, totals)
+    first_pivots = sample_pivots(groups, n, score=score)
     if score is None:  # the keys, stored once (computing them in every pass from any float costs more)
         groups = [[sortable_keys(s) for s in arrays] for arrays in groups]
         keys_of = _given_keys
     else:
         keys_of = lambda g, i, x: sortable_keys(score(x))
-    totals = np.array([sum(g) for g in sizes], np.int32)
-    n = jnp.clip(jnp.stack([jnp.asarray(x, jnp.int32) for x in n_prune]), 0, totals)
-    t, n_lt, n_le, _ = kth_keys(groups, n, keys_of=keys_of)
+    t, n_lt, n_le, _ = kth_keys(groups, n, keys_of=keys_of, first_pivots=first_pivots)
     ties_left = n - n_lt  # ties at t still to prune, 0 <= ties_left <= n_le - n_lt
     offsets = [np.cumsum([0, *gs[:-1]]).tolist() for gs in sizes]
 
