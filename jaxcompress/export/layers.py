@@ -294,13 +294,18 @@ def grouped_dense_weights(codes: np.ndarray, group_scale: np.ndarray, group_zero
     return out
 
 
+def column_sums(codes: np.ndarray) -> np.ndarray:
+    """Per-output-channel int32 sums of ``(..., N)`` codes: the ``colsum`` the zero-point correction needs."""
+    return codes.astype(np.int32).reshape(-1, codes.shape[-1]).sum(axis=0, dtype=np.int32)
+
+
 def dense_weights(codes: np.ndarray, scale: np.ndarray, zero_point: np.ndarray | None, bias) -> dict:
     """Integer-path arrays of a Dense layer from (K, N) codes and per-channel scale."""
     codes = np.asarray(codes, np.int8)
     out = {
         "codes_t": np.ascontiguousarray(codes.T),
         "scale": np.asarray(scale, np.float32).reshape(-1),
-        "colsum": codes.astype(np.int32).sum(axis=0, dtype=np.int32),
+        "colsum": column_sums(codes),
     }
     if zero_point is not None:
         out["zero_point"] = np.asarray(zero_point, np.int32).reshape(-1)
@@ -315,7 +320,7 @@ def conv_weights(codes: np.ndarray, scale: np.ndarray, bias) -> dict:
     out = {
         "codes": codes,
         "scale": np.asarray(scale, np.float32).reshape(-1),
-        "colsum": codes.astype(np.int32).reshape(-1, codes.shape[-1]).sum(axis=0, dtype=np.int32),
+        "colsum": column_sums(codes),
     }
     if bias is not None:
         out["bias"] = np.asarray(bias, np.float32)

@@ -285,15 +285,13 @@ def reduce_weights(
     else:
         key = "codes_t" if kind == "dense" else "codes"
         c = w[key]
-        if kind == "dense":
+        if kind == "dense":  # codes_t: (N, K)
             c = c[out] if keep_out is not None else c
             c = c[:, keep_in] if keep_in is not None else c
-            colsum = c.astype(np.int32).sum(axis=1, dtype=np.int32)
         else:
             c = slice_kernel(c, kind, keep_out, keep_in)
-            colsum = c.astype(np.int32).reshape(-1, c.shape[-1]).sum(axis=0, dtype=np.int32)
         if "colsum" in w:
-            w["colsum"] = colsum
+            w["colsum"] = layers.column_sums(c.T if kind == "dense" else c)
         w[key] = np.ascontiguousarray(c)
         for name in ("scale", "zero_point", "group_scale", "group_zero_point"):
             if name in w:
