@@ -173,8 +173,9 @@ def sample_pivots(
     sit at ``guess + std * _LADDER``. A good guess lets the first pass narrow
     the search to a few percent of the scores, in place of a pass that only
     finds the extremes: on weights a search takes a quarter fewer passes
-    (one fewer on LeNet-300-100 at 90% sparsity). Only sums of the samples
-    are reduced, so on a sharded model this adds scalar all-reduces only.
+    (one fewer on LeNet-300-100 at 90% sparsity). The sample is reduced to
+    two sums per array, so on a sharded model it adds only per-device
+    partial sums to the cross-device traffic.
 
     Args:
       groups: ``G`` groups of arrays (any shapes): float scores, or what
