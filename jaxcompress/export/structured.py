@@ -283,16 +283,12 @@ def reduce_weights(
     if "kernel" in w:
         w["kernel"] = slice_kernel(w["kernel"], kind, keep_out, keep_in)
     else:
+        # Dense codes are stored transposed (codes_t, (N, K)); slice them in kernel layout.
         key = "codes_t" if kind == "dense" else "codes"
-        c = w[key]
-        if kind == "dense":  # codes_t: (N, K)
-            c = c[out] if keep_out is not None else c
-            c = c[:, keep_in] if keep_in is not None else c
-        else:
-            c = slice_kernel(c, kind, keep_out, keep_in)
+        codes = slice_kernel(w[key].T if kind == "dense" else w[key], kind, keep_out, keep_in)
         if "colsum" in w:
-            w["colsum"] = layers.column_sums(c.T if kind == "dense" else c)
-        w[key] = np.ascontiguousarray(c)
+            w["colsum"] = layers.column_sums(codes)
+        w[key] = np.ascontiguousarray(codes.T) if kind == "dense" else codes
         for name in ("scale", "zero_point", "group_scale", "group_zero_point"):
             if name in w:
                 w[name] = np.ascontiguousarray(w[name][..., out])
