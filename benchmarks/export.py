@@ -35,7 +35,7 @@ import numpy as np
 import optax
 
 import jaxcompress as jc
-from jaxcompress.export import program
+from jaxcompress._src.export import program
 from jaxcompress.models import LeNet5, lenet300_100
 
 
@@ -71,7 +71,7 @@ def error_pct(logits: np.ndarray, labels: np.ndarray) -> float:
 
 
 def export_and_load(model, params, recipe, cstate, example, directory, name):
-    ex = jc.export.int8(model, {"params": params}, recipe, cstate, example, description=name)
+    ex = jc.export.export(model, {"params": params}, recipe, cstate, example, description=name)
     path = os.path.join(directory, f"{name}.jcx")
     size = ex.save(path)
     return ex, jc.export.load(path), size

@@ -50,7 +50,7 @@ import optax
 
 import jaxcompress as jc
 from jaxcompress import data, models, train
-from jaxcompress.prune import threshold
+from jaxcompress._src.prune import threshold
 
 BATCH = 128
 

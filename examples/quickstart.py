@@ -4,7 +4,7 @@ Trains a small CNN on scikit-learn's bundled digits (offline), fine-tunes it
 with a cubic schedule to 80% sparsity and int8 weights, exports the int8 XLA
 program to one file and runs the file the way a deployment would.
 
-    python examples/quickstart.py [--steps 600] [--out /tmp/digits.jcx]
+    python examples/quickstart.py [--steps 600] [--out /tmp/digits.jcx] [--dispatch measure]
 """
 
 from __future__ import annotations
@@ -37,6 +37,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--steps", type=int, default=600, help="steps for each of the two phases")
     parser.add_argument("--sparsity", type=float, default=0.8)
     parser.add_argument("--out", default=os.path.join(tempfile.mkdtemp(), "digits.jcx"))
+    parser.add_argument(
+        "--dispatch", default="measure", choices=("measure", "int8", "float"), help="per-layer int8 or float choice"
+    )
     args = parser.parse_args(argv)
 
     data = jc.data.digits()
@@ -57,7 +60,7 @@ def main(argv: list[str] | None = None) -> dict:
     cstate = jc.optim.compression_state(opt_state)
 
     # 3. Export the int8 program and load it back, as a deployment would (JAX + numpy only).
-    exported = jc.export.int8(model, {"params": params}, recipe, cstate, data.x_test)
+    exported = jc.export.export(model, {"params": params}, recipe, cstate, data.x_test, dispatch=args.dispatch)
     size = exported.save(args.out)
     deployed = jc.export.load(args.out)
     deployed_acc = float(np.mean(np.asarray(deployed(data.x_test)).argmax(-1) == data.y_test))

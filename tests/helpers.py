@@ -1,8 +1,12 @@
 """Shared test helpers."""
 
+import os
+import pathlib
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import optax
 
 
 class ConvDenseNet(nn.Module):
@@ -26,3 +30,49 @@ def make_params(seed: int = 0, dtype=jnp.float32) -> dict:
         "Dense_0": {"kernel": jax.random.normal(k[1], (72, 32), dtype), "bias": jnp.zeros((32,), dtype)},
         "Dense_1": {"kernel": jax.random.normal(k[2], (32, 10), dtype), "bias": jnp.zeros((10,), dtype)},
     }
+
+
+def promotion(tx: optax.GradientTransformation, mode: str) -> optax.GradientTransformationExtraArgs:
+    """``tx`` run under dtype promotion ``mode`` (``"standard"`` or ``"strict"``)."""
+    tx = optax.with_extra_args_support(tx)
+
+    def init(params):
+        with jax.numpy_dtype_promotion(mode):
+            return tx.init(params)
+
+    def update(updates, state, params=None, **extra_args):
+        with jax.numpy_dtype_promotion(mode):
+            return tx.update(updates, state, params, **extra_args)
+
+    return optax.GradientTransformationExtraArgs(init, update)
+
+
+def standard_promotion(tx: optax.GradientTransformation) -> optax.GradientTransformationExtraArgs:
+    """``tx`` run under standard dtype promotion (optax's Adam adds Python floats to int32 counts).
+
+    The suite runs strict (conftest.py); only the third-party optimizer's own
+    code is exempted, never jaxcompress's.
+    """
+    return promotion(tx, "standard")
+
+
+def adam(*args, **kwargs):
+    """``optax.adam`` under standard promotion (see :func:`standard_promotion`)."""
+    return standard_promotion(optax.adam(*args, **kwargs))
+
+
+def adamw(*args, **kwargs):
+    """``optax.adamw`` under standard promotion (see :func:`standard_promotion`)."""
+    return standard_promotion(optax.adamw(*args, **kwargs))
+
+
+def local_mnist() -> pathlib.Path | None:
+    """This checkout's MNIST: ``$JAXCOMPRESS_MNIST_DIR``, else ``../shared/data/mnist`` beside the repo, else None."""
+    candidates = [
+        os.environ.get("JAXCOMPRESS_MNIST_DIR"),
+        pathlib.Path(__file__).resolve().parents[2] / "shared/data/mnist",
+    ]
+    for c in candidates:
+        if c and (pathlib.Path(c) / "t10k-labels-idx1-ubyte.gz").exists():
+            return pathlib.Path(c)
+    return None

@@ -63,7 +63,7 @@ def test_unknown_scope():
 
 
 def test_chain_rejects_non_transforms():
-    with pytest.raises(TypeError, match="`chain` argument 1 must be a jaxcompress Transform"):
+    with pytest.raises(TypeError, match="`chain` argument 1 must be a jaxcompress method"):
         jc.chain(jc.quant.int8(), lambda p: p)
 
 
@@ -96,7 +96,7 @@ def test_chain_rejects_foreign_state():
         (lambda: jc.prune.set_(0.5, frequency=0), ValueError, r"`frequency` must be >= 1"),
         (lambda: jc.prune.rigl(0.5, end=10, init_mask="zeros"), ValueError, r"`init_mask` must be one of"),
         (lambda: jc.prune.snip(jc.schedules.constant(0.5)), TypeError, r"SNIP prunes once"),
-        (lambda: jc.prune.ste(lambda p: p), TypeError, r"`inner` must be a jaxcompress Transform"),
+        (lambda: jc.prune.ste(lambda p: p), TypeError, r"`inner` must be a jaxcompress method"),
         (lambda: jc.prune.proximal_l1("0.1"), ValueError, r"`strength` must be a number >= 0"),
     ],
 )

@@ -1,15 +1,16 @@
-"""Every registered transform honours the core contract."""
+"""Every registered method honours the core contract (optax's alias_test.py, as a registry)."""
 
 import chex
 import jax
 import jax.numpy as jnp
-import optax
+import numpy as np
 import pytest
 from helpers import make_params
 
 import jaxcompress as jc
+from jaxcompress._src.core import IdentityState
 
-TRANSFORMS = {
+METHODS = {
     "identity": lambda: jc.identity(),
     "magnitude-one-shot": lambda: jc.prune.magnitude(0.5),
     "magnitude-global": lambda: jc.prune.magnitude(jc.schedules.constant(0.7, frequency=2), scope="global"),
@@ -17,6 +18,7 @@ TRANSFORMS = {
     "int8-per-channel": lambda: jc.quant.int8(),
     "int4-per-tensor": lambda: jc.quant.symmetric(4, per_channel=False),
     "chain": lambda: jc.chain(jc.prune.magnitude(0.5), jc.quant.int8()),
+    "chain-quantize-then-prune": lambda: jc.chain(jc.quant.int8(), jc.prune.magnitude(0.5)),
     "uniform-asymmetric-unsigned-group": lambda: jc.quant.uniform(
         4, symmetric=False, signed=False, granularity=jc.quant.per_group(8), rule="Dense.*kernel"
     ),
@@ -37,99 +39,100 @@ TRANSFORMS = {
     "channel-l1": lambda: jc.prune.channel(jc.schedules.constant(0.5, frequency=3), norm="l1"),
     "block-2x2": lambda: jc.prune.block(0.5, (2, 2)),
     "ste-n_m": lambda: jc.prune.ste(jc.prune.n_m(2, 4, rule=r"Dense_\d/kernel")),
+    "ste-magnitude-schedule": lambda: jc.prune.ste(jc.prune.magnitude(jc.schedules.constant(0.5, frequency=3))),
 }
+
+STEPS = 6
 
 
 def fake_grads(params):
-    """Gradient-shaped pytree for transforms whose scores need gradients (others ignore it)."""
+    """Gradient-shaped pytree for methods whose scores need gradients (others ignore it)."""
     return jax.tree.map(lambda x: x * 0.5 + 0.25, params)
 
 
-@pytest.fixture(params=sorted(TRANSFORMS))
-def transform(request):
-    return TRANSFORMS[request.param]()
+def moving(params, count):
+    """Params that move between steps, so scores and ranges change."""
+    return jax.tree.map(lambda x: (x * 0.9 + jnp.cos(x + count)).astype(x.dtype), params)
+
+
+@pytest.fixture(params=sorted(METHODS), scope="module")
+def method(request):
+    return METHODS[request.param]()
+
+
+def _sum_of_leaves(tree):
+    return sum(jnp.sum(x.astype(jnp.float32)) for x in jax.tree.leaves(tree))
+
+
+def make_step(method, traces):
+    @jax.jit
+    def step(params, state):
+        traces.append(1)
+        state = method.update(params, state, fake_grads(params), unused_extra_arg=1.0)
+        out = method.apply(params, state)
+        grads = jax.grad(lambda p: _sum_of_leaves(method.apply(p, state)))(params)
+        return out, state, grads
+
+    return step
 
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
-def test_shapes_dtypes_and_single_trace(transform, dtype):
+def test_one_trace_shapes_dtypes_gradients_and_integer_form(method, dtype):
     params = make_params(dtype=dtype)
-    with jax.numpy_dtype_promotion("strict"):
-        state = transform.init(params)
+    state = method.init(params)
+    traces = []
+    step = make_step(method, traces)
+    for count in range(STEPS):
+        params = moving(params, count)
+        out, new_state, grads = step(params, state)
+        chex.assert_trees_all_equal_shapes_and_dtypes(out, params)
+        chex.assert_trees_all_equal_shapes_and_dtypes(new_state, state)
+        chex.assert_trees_all_equal_shapes_and_dtypes(grads, params)
+        chex.assert_tree_all_finite(grads)
+        state = new_state
+    assert len(traces) == 1
+    flat = jc.paths.flatten(params)[0]
+    for path, mask in jc.masks_of(state).items():
+        keep = mask.unpack()
+        assert keep.dtype == jnp.bool_ and keep.shape == flat[path].shape
+    # A quantizer's stored integer form dequantizes, bitwise, to what apply computes.
+    integer = jc.integer_weights(method, params, state)
+    quantizes = isinstance(method, jc.Quantizer) or (
+        isinstance(method, jc.Chain) and any(isinstance(s, jc.Quantizer) for s in method.stages)
+    )
+    assert bool(integer) == quantizes
+    applied = jc.paths.flatten(method.apply(params, state))[0]
+    for path, iw in integer.items():
+        assert iw.codes.dtype == (jnp.int8 if iw.signed else jnp.uint8), path
+        lo, hi = iw.code_range
+        assert int(iw.codes.min()) >= lo and int(iw.codes.max()) <= hi, path
+        np.testing.assert_array_equal(iw.dequantize().astype(applied[path].dtype), applied[path], err_msg=path)
 
-        traces = []
 
-        @jax.jit
-        def step(params, state):
-            traces.append(1)
-            state = transform.update(params, state, fake_grads(params), unused_extra_arg=1.0)
-            return transform.apply(params, state), state
-
-        for _ in range(6):
-            out, new_state = step(params, state)
-            chex.assert_trees_all_equal_shapes_and_dtypes(out, params)
-            chex.assert_trees_all_equal_shapes_and_dtypes(new_state, state)
-            state = new_state
-        assert len(traces) == 1
-        masks = transform.masks(state)
-        flat = jc.paths.flatten(params)[0]
-        for path, mask in masks.items():
-            keep = mask.unpack()
-            assert keep.dtype == jnp.bool_ and keep.shape == flat[path].shape
-
-
-def test_apply_is_differentiable(transform):
+def test_resumed_updates_equal_uninterrupted_ones(method):
+    # A run restarted from a saved state (its counter inside) continues exactly:
+    # no refresh decision lives outside the state.
     params = make_params()
-    state = transform.update(params, transform.init(params), fake_grads(params))
-    grads = jax.grad(lambda p: sum(jnp.sum(x) for x in jax.tree.leaves(transform.apply(p, state))))(params)
-    chex.assert_trees_all_equal_shapes_and_dtypes(grads, params)
-    chex.assert_tree_all_finite(grads)
+    update = jax.jit(lambda p, s: method.update(p, s, fake_grads(p)))
+    straight = method.init(params)
+    for count in range(2 * STEPS):
+        straight = update(moving(params, count), straight)
+    first = method.init(params)
+    for count in range(STEPS):
+        first = update(moving(params, count), first)
+    saved = jax.tree.map(np.asarray, first)  # as a checkpoint would hold it
+    resumed = jax.tree.map(jnp.asarray, saved)
+    for count in range(STEPS, 2 * STEPS):
+        resumed = update(moving(params, count), resumed)
+    chex.assert_trees_all_equal(resumed, straight)
 
 
-def test_apply_rejects_params_of_another_structure(transform):
+def test_apply_rejects_params_of_another_structure(method):
     params = make_params()
-    state = transform.init(params)
-    if transform.masks(state) or not isinstance(state, jc.core.IdentityState):
-        with pytest.raises(ValueError, match="lack the leaves"):
-            transform.apply({"other": {"kernel": jnp.ones((2, 2))}}, state)
-
-
-def test_train_apply_matches_apply_on_params_from_the_wrapper(transform):
-    # train_apply skips hard masks because with_compression keeps pruned weights
-    # at exactly zero: on the params a training loop sees, both views are equal.
-    params = make_params()
-    tx = jc.optim.with_compression(optax.sgd(0.1), transform)
-    opt_state = tx.init(params)
-
-    def loss(p, cstate):
-        return sum(jnp.sum(jnp.sin(3.0 * x)) for x in jax.tree.leaves(jc.optim.train_apply(transform, p, cstate)))
-
-    @jax.jit
-    def step(params, opt_state):
-        cstate = jc.optim.compression_state(opt_state)
-        _, grads, learned_grads = jc.optim.value_and_grad(loss)(params, cstate)
-        updates, opt_state = tx.update(grads, opt_state, params, learned_grads=learned_grads)
-        return optax.apply_updates(params, updates), opt_state
-
-    for _ in range(6):
-        cstate = jc.optim.compression_state(opt_state)
-        chex.assert_trees_all_equal(jc.optim.train_apply(transform, params, cstate), transform.apply(params, cstate))
-        params, opt_state = step(params, opt_state)
-
-
-def test_steady_updates_where_no_refresh_is_due_change_nothing(transform):
-    # Where refreshes_at(step) is False, update(..., steady=True) (a program
-    # without the refresh branch) must give the state the traced refresh gives.
-    params = make_params()
-    state = transform.init(params)
-    if transform.masks(state) or isinstance(state, jc.prune.STEState):
-        assert transform.refreshes_at is not None  # every mask schedule is known on the host
-    if transform.refreshes_at is None:
+    state = method.init(params)
+    if isinstance(state, IdentityState):  # nothing was selected: any params pass through
+        other = {"other": jnp.ones((2, 2))}
+        chex.assert_trees_all_equal(method.apply(other, state), other)
         return
-    traced_step = jax.jit(lambda p, s: transform.update(p, s, fake_grads(p)))
-    steady_step = jax.jit(lambda p, s: transform.update(p, s, fake_grads(p), steady=True))
-    traced, steady = state, state
-    for count in range(8):
-        params = jax.tree.map(lambda x, c=count: x * 0.9 + jnp.cos(x + c), params)  # scores move between steps
-        traced = traced_step(params, traced)
-        steady = steady_step(params, steady) if not transform.refreshes_at(count) else traced_step(params, steady)
-        chex.assert_trees_all_equal(steady, traced)
+    with pytest.raises(ValueError, match="lack the leaves"):
+        method.apply({"other": {"kernel": jnp.ones((2, 2))}}, state)

@@ -3,6 +3,7 @@ import pathlib
 
 import numpy as np
 import pytest
+from helpers import local_mnist
 
 from jaxcompress import data
 
@@ -62,10 +63,20 @@ def test_mnist_through_tfds_mock_data():
     assert ds.x_train.shape == (6, 28, 28, 1) and ds.y_train.dtype == np.int32
 
 
+def test_mnist_source_from_the_environment(tmp_path, monkeypatch):
+    arrays = fake_mnist(tmp_path)
+    monkeypatch.setenv(data.MNIST_ENV, str(tmp_path))
+    np.testing.assert_array_equal(data.mnist().y_train, arrays["y_train"])
+    monkeypatch.delenv(data.MNIST_ENV)
+    tfds = pytest.importorskip("tensorflow_datasets")
+    with tfds.testing.mock_data(num_examples=3):  # no directory named: TFDS
+        assert data.mnist().x_test.shape == (3, 28, 28, 1)
+
+
 def test_real_mnist_when_present():
-    found = data.find_mnist()
+    found = local_mnist()
     if found is None:
-        pytest.skip("no local MNIST (set JAXCOMPRESS_MNIST_DIR or place it in ../shared/data/mnist)")
+        pytest.skip(f"no local MNIST (set {data.MNIST_ENV} or place it in ../shared/data/mnist)")
     ds = data.mnist(found)
     assert ds.x_train.shape == (60000, 28, 28, 1) and ds.x_test.shape == (10000, 28, 28, 1)
     assert np.bincount(ds.y_test).tolist()[:3] == [980, 1135, 1032]

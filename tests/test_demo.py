@@ -1,6 +1,10 @@
 import re
 
+import pytest
+
 from jaxcompress import cli, demo, export
+
+pytestmark = pytest.mark.standard_promotion  # user-level code calling optax.adam, as users do
 
 
 def test_demo_compresses_and_reports(tmp_path):

@@ -3,6 +3,10 @@
 import importlib.util
 import pathlib
 
+import pytest
+
+pytestmark = pytest.mark.standard_promotion  # user-level code calling optax.adam, as users do
+
 EXAMPLES = pathlib.Path(__file__).resolve().parent.parent / "examples"
 
 
@@ -14,6 +18,6 @@ def load(name: str):
 
 
 def test_quickstart(tmp_path):
-    out = load("quickstart").main(["--steps", "150", "--out", str(tmp_path / "q.jcx")])
+    out = load("quickstart").main(["--steps", "150", "--out", str(tmp_path / "q.jcx"), "--dispatch", "int8"])
     assert out["deployed_accuracy"] > 0.8
     assert out["artifact_bytes"] == (tmp_path / "q.jcx").stat().st_size

@@ -6,11 +6,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
+from helpers import adam
 
 import jaxcompress as jc
-from jaxcompress.export import layers
+from jaxcompress._src.export import layers
 from jaxcompress.models import ResNet
 
 
@@ -53,7 +53,7 @@ def trained():
     params = model.init(jax.random.key(0), ds.x_train[:1])["params"]
     schedule = jc.schedules.polynomial(0.0, 0.6, begin=0, end=100)
     recipe = jc.chain(jc.prune.magnitude(schedule), jc.quant.int8(), jc.quant.activations(8))
-    tx = jc.optim.with_compression(optax.adam(3e-3), recipe)
+    tx = jc.optim.with_compression(adam(3e-3), recipe)
     apply_fn = lambda p, x: model.apply({"params": p}, x)
     stream = jc.data.batches(ds.x_train, ds.y_train, 64)
     params, opt_state, _ = jc.train.fit(apply_fn, params, tx, stream, 150, recipe=recipe)
@@ -63,7 +63,7 @@ def trained():
 @pytest.fixture(scope="module")
 def exported_int8(trained):
     model, variables, recipe, cstate, ds = trained
-    return jc.export.int8(model, variables, recipe, cstate, ds.x_test[:64], dispatch="int8")
+    return jc.export.export(model, variables, recipe, cstate, ds.x_test[:64], dispatch="int8")
 
 
 def test_exported_agrees_with_the_fake_quantized_model(trained, exported_int8):
@@ -125,7 +125,7 @@ def test_symbolic_batch(exported_int8, trained):
 
 def test_float_dispatch_is_exact_fake_quant(trained):
     model, variables, recipe, cstate, ds = trained
-    ex = jc.export.int8(model, variables, recipe, cstate, ds.x_test[:32], dispatch="float")
+    ex = jc.export.export(model, variables, recipe, cstate, ds.x_test[:32], dispatch="float")
     ref = fake_quantized_model(model, variables, recipe, cstate, ds.x_test[:32])
     np.testing.assert_allclose(ex(ds.x_test[:32]), ref, rtol=1e-5, atol=1e-5)
     assert {v["compute"] for v in ex.report["layers"].values()} == {"float32"}
@@ -134,7 +134,7 @@ def test_float_dispatch_is_exact_fake_quant(trained):
 def test_measured_dispatch_is_reported(trained):
     model, variables, recipe, cstate, ds = trained
     choice = {"Conv_0": "float", "Conv_1": "measure", "Dense_0": "int8", "Dense_1": "measure"}
-    ex = jc.export.int8(model, variables, recipe, cstate, ds.x_test[:32], dispatch=choice)
+    ex = jc.export.export(model, variables, recipe, cstate, ds.x_test[:32], dispatch=choice)
     layers_report = ex.report["layers"]
     assert layers_report["Conv_0"]["compute"] == "float32" and layers_report["Dense_0"]["compute"] == "int8"
     for path in ("Conv_1", "Dense_1"):
@@ -186,7 +186,7 @@ def test_batchnorm_is_folded_into_its_producer():
     variables = {**variables, "batch_stats": stats}
     recipe = jc.quant.int8()
     cstate = recipe.init(variables["params"])
-    ex = jc.export.int8(model, variables, recipe, cstate, x, dispatch="int8")
+    ex = jc.export.export(model, variables, recipe, cstate, x, dispatch="int8")
     compressed = {**variables, "params": recipe.apply(variables["params"], cstate)}
     ref = fake_quant_reference(model, compressed, x)
     np.testing.assert_allclose(ex(x), ref, rtol=1e-4, atol=1e-4 * float(jnp.max(jnp.abs(ref))))
@@ -198,18 +198,20 @@ def test_batchnorm_is_folded_into_its_producer():
 def test_bad_arguments(trained):
     model, variables, recipe, cstate, ds = trained
     x = ds.x_test[:4]
-    with pytest.raises(TypeError, match="quantizes weights"):
-        jc.export.int8(model, variables, jc.prune.magnitude(0.5), cstate[0], x)
+    with pytest.raises(TypeError, match="must quantize weights"):
+        jc.export.export(model, variables, jc.prune.magnitude(0.5), cstate[0], x)
     with pytest.raises(ValueError, match="`dispatch` values must be one of"):
-        jc.export.int8(model, variables, recipe, cstate, x, dispatch="fast")
+        jc.export.export(model, variables, recipe, cstate, x, dispatch="fast")
     with pytest.raises(ValueError, match="leading batch axis"):
-        jc.export.int8(model, variables, recipe, cstate, jnp.float32(1.0))
+        jc.export.export(model, variables, recipe, cstate, jnp.float32(1.0))
     with pytest.raises(TypeError, match="'params' collection"):
-        jc.export.int8(model, variables["params"], recipe, cstate, x)
+        jc.export.export(model, variables["params"], recipe, cstate, x)
     bn_model = ResNet(channels=4, blocks=0)
     v = bn_model.init(jax.random.key(0), x)
     with pytest.raises(ValueError, match="inference mode"):
-        jc.export.int8(bn_model, v, jc.quant.int8(), jc.quant.int8().init(v["params"]), x, apply_kwargs={"train": True})
+        jc.export.export(
+            bn_model, v, jc.quant.int8(), jc.quant.int8().init(v["params"]), x, apply_kwargs={"train": True}
+        )
 
 
 class WithDenseGeneral(nn.Module):
@@ -230,7 +232,7 @@ def test_recipe_activation_quantization_is_exported(mode):
     if mode == "static":
         apply_fn = lambda p, xb: model.apply({"params": p}, xb)
         cstate = jc.quant.calibrate(apply_fn, recipe.apply(variables["params"], cstate), cstate, [x], method="minmax")
-    ex = jc.export.int8(model, variables, recipe, cstate, x, dispatch="int8")
+    ex = jc.export.export(model, variables, recipe, cstate, x, dispatch="int8")
     ref = np.asarray(fake_quantized_model(model, variables, recipe, cstate, x))
     got = np.asarray(ex(x))
     # Integer accumulation is exact, float accumulation rounds: a value on an output rounding
@@ -251,6 +253,6 @@ def test_recipe_activation_quantization_is_exported(mode):
 def test_report_names_layers_whose_inputs_the_recipe_left_in_float(trained):
     model, variables, _, _, ds = trained
     recipe = jc.quant.int8()
-    ex = jc.export.int8(model, variables, recipe, recipe.init(variables["params"]), ds.x_test[:8], dispatch="int8")
+    ex = jc.export.export(model, variables, recipe, recipe.init(variables["params"]), ds.x_test[:8], dispatch="int8")
     (note,) = ex.report["notes"]
     assert "Conv_0, Conv_1, Dense_0, Dense_1 in float" in note and "dynamically to int8" in note

@@ -14,7 +14,7 @@ import pytest
 from helpers import ConvDenseNet
 
 import jaxcompress as jc
-from jaxcompress.export import artifact
+from jaxcompress._src.export import artifact
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +24,7 @@ def built():
     variables = model.init(jax.random.key(1), x)
     recipe = jc.chain(jc.prune.magnitude(0.8), jc.quant.symmetric(4))
     cstate = recipe.update(variables["params"], recipe.init(variables["params"]))
-    ex = jc.export.int8(model, variables, recipe, cstate, x, dispatch={"Conv_0": "float", "Dense_0": "int8"})
+    ex = jc.export.export(model, variables, recipe, cstate, x, dispatch={"Conv_0": "float", "Dense_0": "int8"})
     return ex, x, variables
 
 

@@ -11,10 +11,10 @@ from test_export import fake_quant_reference
 import jaxcompress as jc
 
 
-def scripted_quantizer(form: str) -> jc.Transform:
+def scripted_quantizer(form: str) -> jc.Quantizer:
     """A test quantizer whose integer form is computed here with numpy, independently of the library."""
 
-    def integer_of(w: np.ndarray) -> jc.core.IntegerWeights:
+    def integer_of(w: np.ndarray) -> jc.IntegerWeights:
         w = np.asarray(w, np.float64)
         if form == "group":  # 4-bit asymmetric, groups of 8 along the input axis (axis 0 of Dense kernels)
             if w.ndim != 2:
@@ -24,7 +24,7 @@ def scripted_quantizer(form: str) -> jc.Transform:
             scale = np.where(hi > lo, (hi - lo) / 15, 1.0)
             zp = np.clip(np.round(-lo / scale) - 8, -8, 7).astype(np.int32)
             codes = np.clip(np.round(g / scale[:, None]) + zp[:, None], -8, 7)
-            return jc.core.IntegerWeights(
+            return jc.IntegerWeights(
                 jnp.asarray(codes.reshape(w.shape), jnp.int8),
                 jnp.asarray(scale, jnp.float32),
                 jnp.asarray(zp),
@@ -35,11 +35,12 @@ def scripted_quantizer(form: str) -> jc.Transform:
         if form == "codebook":  # 2-bit: 4 centroids spread over [min, max], nearest assignment
             book = np.linspace(w.min(), w.max(), 4)
             idx = np.abs(w[..., None] - book).argmin(-1)
-            return jc.core.IntegerWeights(
-                jnp.asarray(idx, jnp.int8),
+            return jc.IntegerWeights(
+                jnp.asarray(idx, jnp.uint8),
                 jnp.ones((1,) * w.ndim, jnp.float32),
                 None,
                 2,
+                signed=False,
                 codebook=jnp.asarray(book, jnp.float32),
             )
         if form == "asymmetric":  # 8-bit asymmetric per output channel
@@ -48,32 +49,22 @@ def scripted_quantizer(form: str) -> jc.Transform:
             scale = np.where(hi > lo, (hi - lo) / 255, 1.0)
             zp = np.clip(np.round(-lo / scale) - 128, -128, 127).astype(np.int32)
             codes = np.clip(np.round(w / scale) + zp, -128, 127)
-            return jc.core.IntegerWeights(
-                jnp.asarray(codes, jnp.int8), jnp.asarray(scale, jnp.float32), jnp.asarray(zp), 8
-            )
+            return jc.IntegerWeights(jnp.asarray(codes, jnp.int8), jnp.asarray(scale, jnp.float32), jnp.asarray(zp), 8)
         raise ValueError(form)
 
     def _per_channel(w):
         scale = np.abs(w).reshape(-1, w.shape[-1]).max(0) / 127
         scale = np.where(scale > 0, scale, 1.0)  # all-zero (pruned) channels
         codes = np.round(w / scale)
-        return jc.core.IntegerWeights(
+        return jc.IntegerWeights(
             jnp.asarray(codes, jnp.int8), jnp.asarray(scale.reshape((1,) * (w.ndim - 1) + (-1,)), jnp.float32), None, 8
         )
 
-    def integer(params, state):
-        return {p: integer_of(w) for p, w in jc.core.leaves_at(params, state).items()}
+    def quantize(params, state):
+        return {p: integer_of(w) for p, w in jc.paths.leaves_at(params, state).items()}
 
-    def apply(params, state):
-        ints = integer(params, state)
-        return jc.core.map_selected(lambda p, w: ints[p].dequantize().astype(w.dtype), params, state)
-
-    return jc.Transform(
-        lambda params: jc.paths.select(jc.paths.KERNELS, params),
-        lambda p, s, g=None, **kw: s,
-        apply,
-        lambda s: {},
-        integer,
+    return jc.Quantizer(
+        lambda params: jc.paths.select(jc.paths.KERNELS, params), lambda p, s, g=None, **kw: s, quantize
     )
 
 
@@ -89,7 +80,7 @@ def test_export_matches_fake_quant_and_round_trips(setup, form, tmp_path):
     model, variables, x = setup
     recipe = scripted_quantizer(form)
     state = recipe.init(variables["params"])
-    ex = jc.export.int8(model, variables, recipe, state, x, dispatch="int8")
+    ex = jc.export.export(model, variables, recipe, state, x, dispatch="int8")
     ref = fake_quant_reference(model, {"params": recipe.apply(variables["params"], state)}, x)
     np.testing.assert_allclose(ex(x), ref, rtol=1e-4, atol=1e-4 * float(jnp.max(jnp.abs(ref))))
     ex.save(tmp_path / "m.jcx")
@@ -114,7 +105,7 @@ def test_grouped_layers_keep_their_input_width(setup):
     params["Conv_0"]["kernel"][..., :2] = 0.0  # dead conv channels that feed the grouped Dense_0
     recipe = scripted_quantizer("group")
     state = recipe.init(params)
-    ex = jc.export.int8(model, {"params": params}, recipe, state, x, dispatch="int8", activations="dynamic")
+    ex = jc.export.export(model, {"params": params}, recipe, state, x, dispatch="int8", activations="dynamic")
     (note,) = ex.report["notes"]
     assert note.startswith("Conv_0: 2 dead channels kept") and "per-group scales" in note
 
@@ -146,7 +137,7 @@ def test_library_quantizers_export_faithfully(name, tmp_path):
     factory, bits = LIBRARY_QUANTIZERS[name]
     recipe = jc.chain(jc.prune.magnitude(0.5), factory())
     cstate = recipe.update(variables["params"], recipe.init(variables["params"]))
-    ex = jc.export.int8(model, variables, recipe, cstate, x, dispatch="int8", activations="dynamic")
+    ex = jc.export.export(model, variables, recipe, cstate, x, dispatch="int8", activations="dynamic")
     ref = fake_quant_reference(model, {"params": recipe.apply(variables["params"], cstate)}, x)
     np.testing.assert_allclose(ex(x), ref, rtol=1e-4, atol=1e-4 * float(jnp.max(jnp.abs(ref))))
     ex.save(tmp_path / "m.jcx")

@@ -42,7 +42,7 @@ def kill(params, dead: dict[str, list[int]], bias_shift: float = 0.1):
 def export(model, variables, x, **kw):
     recipe = jc.quant.int8()
     cstate = recipe.init(variables["params"])
-    return jc.export.int8(model, variables, recipe, cstate, x, dispatch="int8", activations="dynamic", **kw)
+    return jc.export.export(model, variables, recipe, cstate, x, dispatch="int8", activations="dynamic", **kw)
 
 
 @pytest.fixture(scope="module")

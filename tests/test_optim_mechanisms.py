@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from helpers import adam, standard_promotion
 
 import jaxcompress as jc
 from jaxcompress import masks as packed
@@ -14,7 +15,7 @@ from jaxcompress import masks as packed
 
 class ScriptState(NamedTuple):
     count: jax.Array
-    masks: dict
+    masks: jc.Masks
 
 
 def scripted(path: str, schedule: list[np.ndarray]) -> jc.Transform:
@@ -22,16 +23,16 @@ def scripted(path: str, schedule: list[np.ndarray]) -> jc.Transform:
     table = jnp.asarray(np.stack(schedule))
 
     def init(params):
-        return ScriptState(jnp.zeros([], jnp.int32), {path: packed.ones(table.shape[1:])})
+        return ScriptState(jnp.zeros([], jnp.int32), jc.Masks({path: packed.ones(table.shape[1:])}))
 
     def update(params, state, grads=None, **extra):
         keep = table[jnp.minimum(state.count, len(schedule) - 1)]
-        return ScriptState(state.count + 1, {path: packed.pack(keep)})
+        return ScriptState(state.count + 1, jc.Masks({path: packed.pack(keep)}))
 
     def apply(params, state):
-        return jc.core.map_selected(lambda p, w: jnp.where(state.masks[p].unpack(), w, 0.0), params, [path])
+        return jc.paths.map_selected(lambda p, w: jnp.where(state.masks.keep[p].unpack(), w, 0.0), params, [path])
 
-    return jc.Transform(init, update, apply, lambda state: dict(state.masks))
+    return jc.Transform(init, update, apply)
 
 
 PRUNE = np.array([[1, 0, 1], [0, 1, 1]], bool)
@@ -55,9 +56,9 @@ def run_script(inner, moments, script):
 @pytest.mark.parametrize(
     "inner, moments",
     [
-        (optax.adam(0.1), lambda s: [s[0].mu["w"], s[0].nu["w"]]),
+        (adam(0.1), lambda s: [s[0].mu["w"], s[0].nu["w"]]),
         (
-            optax.inject_hyperparams(optax.adamw)(learning_rate=0.1, weight_decay=0.1),
+            standard_promotion(optax.inject_hyperparams(optax.adamw)(learning_rate=0.1, weight_decay=0.1)),
             lambda s: [s.inner_state[0].mu["w"], s.inner_state[0].nu["w"]],
         ),
         (optax.sgd(0.1, momentum=0.9), lambda s: [s[0].trace["w"]]),
@@ -108,7 +109,7 @@ def test_inner_optimizer_sees_no_gradient_of_pruned_weights():
 
 def test_no_reset_when_nothing_regrows():
     recipe = scripted("w", [PRUNE])
-    tx = jc.optim.with_compression(optax.adam(0.1), recipe)
+    tx = jc.optim.with_compression(adam(0.1), recipe)
     params = {"w": jnp.ones((2, 3))}
     state = tx.init(params)
     for _ in range(3):
@@ -119,19 +120,19 @@ def test_no_reset_when_nothing_regrows():
 
 
 class ScaleState(NamedTuple):
-    learned: jc.core.Learned
+    learned: jc.Learned
 
 
 def learned_scale() -> jc.Transform:
     """Multiplies every kernel by a learned scalar ``s`` (initially 1)."""
 
     def init(params):
-        return ScaleState(jc.core.Learned({"s": jnp.ones([], jnp.float32)}))
+        return ScaleState(jc.Learned({"s": jnp.ones([], jnp.float32)}))
 
     def apply(params, state):
         return jax.tree.map(lambda w: w * state.learned.values["s"], params)
 
-    return jc.Transform(init, lambda p, s, g=None, **kw: s, apply, lambda s: {})
+    return jc.Transform(init, lambda p, s, g=None, **kw: s, apply)
 
 
 def test_value_and_grad_differentiates_learned_parameters():
@@ -174,6 +175,6 @@ def test_learned_gradients_are_required():
 
 
 def test_replace_learned_checks_count():
-    state = ScaleState(jc.core.Learned({"s": jnp.ones([])}))
+    state = ScaleState(jc.Learned({"s": jnp.ones([])}))
     with pytest.raises(ValueError, match="must hold 1 Learned"):
-        jc.core.replace_learned(state, ())
+        jc.replace_learned(state, ())

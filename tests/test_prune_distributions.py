@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import jaxcompress as jc
-from jaxcompress.prune import distributions
+from jaxcompress._src.prune import distributions
 
 SHAPES = [(3, 3, 2, 8), (72, 32), (32, 10), (10, 4)]
 
@@ -47,7 +47,7 @@ def test_overrides_take_their_sparsity_along_the_schedule():
     state, update = t.init(params), jax.jit(t.update)
     for step in range(3):
         state = update(params, state)
-        pruned = {p: int((~m.unpack()).sum()) for p, m in state.masks.items()}
+        pruned = {p: int((~m.unpack()).sum()) for p, m in state.masks.keep.items()}
         s = float(schedule(step))
         assert pruned == {"a": 0, "b": round(s * 32), "c": round(0.75 * s / 0.5 * 16)}
 

@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from helpers import adam, standard_promotion
 
 import jaxcompress as jc
 
@@ -26,9 +27,11 @@ def setup():
 
 
 OPTIMIZERS = {
-    "adam": optax.adam(1e-2),
+    "adam": adam(1e-2),
     "sgd-momentum": optax.sgd(0.1, momentum=0.9),
-    "inject_hyperparams": optax.inject_hyperparams(optax.adamw)(learning_rate=1e-2, weight_decay=1e-2),
+    "inject_hyperparams": standard_promotion(
+        optax.inject_hyperparams(optax.adamw)(learning_rate=1e-2, weight_decay=1e-2)
+    ),
     "chain": optax.chain(optax.clip_by_global_norm(1.0), optax.sgd(0.1, momentum=0.9)),
 }
 CASES = [("rigl", "adam"), ("rigl", "inject_hyperparams"), ("set", "sgd-momentum"), ("set", "chain")]
@@ -65,13 +68,13 @@ def test_constant_sparsity_and_fresh_moments_for_regrown_weights(method, optimiz
         updates, opt_state = tx.update(jax.grad(loss)(params), opt_state, params)
         return optax.apply_updates(params, updates), opt_state
 
-    kept = {p: int(m.unpack().sum()) for p, m in recipe.masks(jc.optim.compression_state(opt_state)).items()}
+    kept = {p: int(m.unpack().sum()) for p, m in jc.masks_of(jc.optim.compression_state(opt_state)).items()}
     assert kept == {"Dense_0/kernel": 72, "Dense_1/kernel": 30}  # 25% of 288 and of 120
     regrown_total = 0
     for _ in range(7):
-        old = recipe.masks(jc.optim.compression_state(opt_state))
+        old = jc.masks_of(jc.optim.compression_state(opt_state))
         params, opt_state = step(params, opt_state)
-        new = recipe.masks(jc.optim.compression_state(opt_state))
+        new = jc.masks_of(jc.optim.compression_state(opt_state))
         for path, mask in new.items():
             keep = np.asarray(mask.unpack())
             assert keep.sum() == kept[path], "sparsity stays constant"
@@ -98,4 +101,4 @@ def test_rigl_drops_smallest_weights_and_grows_largest_gradients():
     state = update({"w": w}, state, {"w": g})  # step 0: no move
     state = update({"w": w}, state, {"w": g})  # step 1: drop 2 of 4 (5, 6); grow the 2 largest |g| elsewhere
     expected = np.array([[1, 1, 1, 0], [0, 0, 0, 1]], bool)
-    np.testing.assert_array_equal(t.masks(state)["w"].unpack(), expected)
+    np.testing.assert_array_equal(jc.masks_of(state)["w"].unpack(), expected)

@@ -7,7 +7,7 @@ from helpers import make_params
 import jaxcompress as jc
 from jaxcompress import masks as packed
 from jaxcompress import paths
-from jaxcompress.prune import threshold
+from jaxcompress._src.prune import threshold
 
 
 def numpy_keep_largest(scores: np.ndarray, n_prune: int) -> np.ndarray:
@@ -97,7 +97,7 @@ def test_gradual_schedule_reaches_targets_on_its_steps(params):
     seen = {}
     for step in range(15):
         state = update(params, state)
-        seen[step] = int(jnp.sum(~t.masks(state)["Dense_0/kernel"].unpack()))
+        seen[step] = int(jnp.sum(~jc.masks_of(state)["Dense_0/kernel"].unpack()))
     n = params["Dense_0"]["kernel"].size
     expected_at = {s: round(float(schedule(s)) * n) for s in (2, 7, 12)}
     assert seen[1] == 0
@@ -113,7 +113,7 @@ def test_pruned_weights_get_zero_gradient(params):
     state = t.update(params, state)
     grads = jax.grad(lambda p: sum(jnp.sum(x) for x in jax.tree.leaves(t.apply(p, state))))(params)
     for layer in params:
-        keep = t.masks(state)[f"{layer}/kernel"].unpack()
+        keep = jc.masks_of(state)[f"{layer}/kernel"].unpack()
         np.testing.assert_array_equal(grads[layer]["kernel"], keep.astype(jnp.float32))
 
 

@@ -13,8 +13,8 @@ def test_forward_is_sparse_and_gradient_reaches_every_weight():
     w = jax.random.normal(jax.random.key(0), (8, 3))
     x = jax.random.normal(jax.random.key(1), (5, 8))
     state = t.update({"w": w}, t.init({"w": w}))
-    assert t.masks(state) == {}
-    keep = state.inner_state.masks["w"].unpack()
+    assert jc.masks_of(state) == {}
+    keep = state.inner_state.masks.keep["w"].unpack()
     masked = t.apply({"w": w}, state)["w"]
     np.testing.assert_array_equal(masked, jnp.where(keep, w, 0.0))
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import jaxcompress as jc
-from jaxcompress.prune import structures
+from jaxcompress._src.prune import structures
 
 
 def tree(seed=0):
@@ -56,7 +56,7 @@ def test_n_m_follows_the_schedule():
     size = params["dense"].size
     for step in range(8):
         state = update(params, state)
-        keep = np.asarray(state.masks["dense"].unpack())
+        keep = np.asarray(state.masks.keep["dense"].unpack())
         s = float(schedule(step))
         assert (~keep).sum() == round(s / 0.5 * 2 * (size // 4)), step  # exact layer count on the ramp
         per_group = groups_along_input(~keep, 4).sum(-1)
@@ -101,10 +101,8 @@ def test_block_pruning_zeroes_whole_blocks():
         assert sums[kept_tiles].min() >= sums[~kept_tiles].max()
 
 
-def test_only_per_weight_structures_take_a_score_function():
-    scores = [[jnp.ones((4, 8))]]
-    for structure in [structures.Channel(), structures.Block((2, 2)), structures.NM(2, 4)]:
-        with pytest.raises(ValueError, match="unit scores only"):
-            structure.select(scores, [jnp.int32(1)], score=jnp.abs)
-    ((keep,),) = structures.Unstructured().select([[-jnp.arange(8.0)]], [jnp.int32(3)], score=jnp.abs)
-    np.testing.assert_array_equal(keep, np.arange(8) >= 3)
+def test_structures_select_exactly_the_counted_units():
+    scores = [[jnp.arange(8.0).reshape(2, 4)], [-jnp.arange(8.0)]]
+    ((keep_a,), (keep_b,)) = structures.Unstructured().select(scores, [jnp.int32(3), jnp.int32(5)])
+    np.testing.assert_array_equal(keep_a, np.arange(8).reshape(2, 4) >= 3)
+    np.testing.assert_array_equal(keep_b, np.arange(8) < 3)  # the 5 lowest of -i are the largest i

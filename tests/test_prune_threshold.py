@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxcompress.prune import threshold
+from jaxcompress._src.prune import threshold
 
 SHAPES = [(37, 29), (211,), (5, 4, 3)]  # 1,364 entries over three arrays
 TOTAL = sum(int(np.prod(s)) for s in SHAPES)

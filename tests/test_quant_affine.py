@@ -5,6 +5,7 @@ import pytest
 
 import jaxcompress as jc
 from jaxcompress import quant
+from jaxcompress._src.quant import granularity as gran_lib
 
 
 def numpy_symmetric(w: np.ndarray, bits: int, channel_axis: int | None) -> tuple[np.ndarray, np.ndarray]:
@@ -43,15 +44,15 @@ def test_every_weight_lies_on_its_int8_grid(params):
 
 def test_codes_times_scale_equal_fake_quant(params):
     w = params["Dense_0"]["kernel"]
-    codes, scale = quant.symmetric_codes(w, 8)
-    assert codes.dtype == jnp.int8
-    np.testing.assert_array_equal(codes.astype(jnp.float32) * scale, quant.symmetric_fake_quant(w, 8))
+    iw = quant.quantize(w, 8)
+    assert iw.codes.dtype == jnp.int8 and iw.zero_point is None
+    np.testing.assert_array_equal(iw.codes.astype(jnp.float32) * iw.scale, quant.fake_quant(w, 8))
 
 
 def test_ste_gradient_is_identity_inside_the_range(params):
     w = params["Dense_0"]["kernel"]
     v = jax.random.normal(jax.random.key(7), w.shape)
-    grad = jax.grad(lambda w: jnp.sum(quant.symmetric_fake_quant(w, 8) * v))(w)
+    grad = jax.grad(lambda w: jnp.sum(quant.fake_quant(w, 8) * v))(w)
     np.testing.assert_allclose(grad, v, rtol=1e-6)  # (g / s) * s: identity up to one rounding
     assert float(jnp.max(jnp.abs(quant.round_ste(w) - jnp.round(w)))) == 0.0
 
@@ -66,11 +67,11 @@ def test_clipped_ste_passes_inside_and_on_the_bounds_and_blocks_outside():
 
 def test_zero_stays_zero_and_zero_channels_stay_finite():
     w = jnp.zeros((6, 4)).at[:, 1].set(jnp.linspace(-1.0, 1.0, 6)).at[2, 3].set(0.5)
-    q = quant.symmetric_fake_quant(w, 4)
+    q = quant.fake_quant(w, 4)
     assert bool(jnp.all(jnp.isfinite(q)))
     np.testing.assert_array_equal(q[:, 0], 0.0)  # an all-zero channel
     np.testing.assert_array_equal(q[w == 0], 0.0)
-    assert bool(jnp.all(jnp.isfinite(quant.symmetric_scale(w, 4))))
+    assert bool(jnp.all(jnp.isfinite(quant.quantize(w, 4).scale)))
 
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
@@ -84,7 +85,7 @@ def test_dtype_preserved(params, dtype):
 def test_quantize_after_prune_keeps_zeros(params):
     recipe = jc.chain(jc.prune.magnitude(0.8), jc.quant.symmetric(4))
     q, state = jc.compress(recipe, params)
-    masks = recipe.masks(state)
+    masks = jc.masks_of(state)
     for layer in params:
         w = q[layer]["kernel"]
         keep = masks[f"{layer}/kernel"].unpack()
@@ -97,7 +98,7 @@ def test_integer_weights_dequantize_to_what_apply_computes(params, bits):
     recipe = jc.chain(jc.prune.magnitude(0.5), jc.quant.symmetric(bits))
     state = recipe.update(params, recipe.init(params))
     compressed = jc.paths.flatten(recipe.apply(params, state))[0]
-    integer = recipe.integer(params, state)
+    integer = jc.integer_weights(recipe, params, state)
     assert sorted(integer) == ["Conv_0/kernel", "Dense_0/kernel", "Dense_1/kernel"]
     for path, iw in integer.items():
         assert iw.codes.dtype == jnp.int8 and iw.bits == bits
@@ -163,16 +164,16 @@ def test_affine_matches_numpy_reference(bits, mode, gran):
     expected, codes, scale, zp = numpy_affine(X, bits, **MODES[mode], **ref_kwargs)
     iw = quant.quantize(X, bits, granularity=granularity, **MODES[mode])
     np.testing.assert_array_equal(np.asarray(iw.codes, np.float32), codes)
-    np.testing.assert_array_equal(quant.granularity.expand(iw.scale, granularity, X.shape) * np.ones(X.shape), scale)
+    np.testing.assert_array_equal(np.asarray(gran_lib.expand(iw.scale, granularity, X.shape)) * np.ones(X.shape), scale)
     if iw.zero_point is not None:
         np.testing.assert_array_equal(
-            quant.granularity.expand(iw.zero_point, granularity, X.shape) * np.ones(X.shape), zp
+            np.asarray(gran_lib.expand(iw.zero_point, granularity, X.shape)) * np.ones(X.shape), zp
         )
     else:
         assert not np.any(zp)
     np.testing.assert_array_equal(quant.fake_quant(X, bits, granularity=granularity, **MODES[mode]), expected)
     assert iw.codes.dtype == (jnp.int8 if MODES[mode]["signed"] else jnp.uint8)
-    assert iw.scale.shape == quant.granularity.stat_shape(granularity, X.shape)
+    assert iw.scale.shape == granularity.stat_shape(X.shape)
 
 
 @pytest.mark.parametrize("signed", [True, False])
@@ -214,7 +215,7 @@ def test_uniform_integer_dequantizes_to_apply(params, name, dtype):
     recipe = UNIFORM_VARIANTS[name]()
     state = recipe.update(params, recipe.update(params, recipe.init(params)))  # the stochastic key advances
     compressed = jc.paths.flatten(recipe.apply(params, state))[0]
-    integer = recipe.integer(params, state)
+    integer = jc.integer_weights(recipe, params, state)
     assert integer
     for path, iw in integer.items():
         assert iw.scale.dtype == jnp.float32 and iw.codes.dtype in (jnp.int8, jnp.uint8)

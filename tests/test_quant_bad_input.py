@@ -52,7 +52,7 @@ def test_zero_range_weights_give_finite_results(name, value):
     recipe = FACTORIES[name](4)
     q, state = jc.compress(recipe, params)
     assert bool(jnp.all(jnp.isfinite(q["Dense_0"]["kernel"])))
-    iw = recipe.integer(params, state)["Dense_0/kernel"]
+    iw = jc.integer_weights(recipe, params, state)["Dense_0/kernel"]
     assert bool(jnp.all(jnp.isfinite(iw.scale)) and jnp.all(iw.scale > 0))
     assert bool(jnp.all(jnp.isfinite(iw.dequantize())))
 

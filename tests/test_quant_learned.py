@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from helpers import adam
 
 import jaxcompress as jc
 from jaxcompress import quant
@@ -63,7 +64,7 @@ def test_lsq_transform_init_gradient_scale_and_integer(params):
     v = w / s
     ref = np.where(v <= -8, -8.0, np.where(v >= 7, 7.0, np.round(v) - v)).sum(0, keepdims=True) / np.sqrt(72 * 7)
     np.testing.assert_allclose(learned.values["Dense_0/kernel"], ref, rtol=1e-4, atol=1e-6)
-    iw = recipe.integer(params, state)["Dense_0/kernel"]
+    iw = jc.integer_weights(recipe, params, state)["Dense_0/kernel"]
     assert iw.codes.dtype == jnp.int8 and int(iw.codes.min()) >= -8 and int(iw.codes.max()) <= 7
     np.testing.assert_array_equal(iw.dequantize(), recipe.apply(params, state)["Dense_0"]["kernel"])
 
@@ -72,7 +73,7 @@ def test_lsq_step_sizes_train_through_the_wrapper(params):
     recipe = jc.quant.lsq(2, granularity="tensor", rule="Dense_1/kernel")
     target = params["Dense_1"]["kernel"]
     loss = lambda p, c: jnp.sum((recipe.apply(p, c)["Dense_1"]["kernel"] - target) ** 2)
-    tx = jc.optim.with_compression(optax.sgd(0.0), recipe, learned_optimizer=optax.adam(0.02))
+    tx = jc.optim.with_compression(optax.sgd(0.0), recipe, learned_optimizer=adam(0.02))
     opt_state = tx.init(params)
     step = jax.jit(jc.optim.value_and_grad(loss))
     first = None

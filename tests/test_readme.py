@@ -5,6 +5,8 @@ import re
 
 import pytest
 
+pytestmark = pytest.mark.standard_promotion  # user-level code calling optax.adam, as users do
+
 README = pathlib.Path(__file__).resolve().parent.parent / "README.md"
 CI = pathlib.Path(__file__).resolve().parent.parent / ".ci" / "run"
 

@@ -1,0 +1,178 @@
+"""The exported inference program: the user's Flax model, its layers swapped by plan.
+
+The program is the unmodified ``model.apply`` run under
+``flax.linen.intercept_methods``: each planned Dense/Conv call is replaced by
+:mod:`jaxcompress.export.layers` (integer or float) reading its weights from the
+program's *arguments*; a BatchNorm folded into the layer before it becomes the
+identity; every other module runs as written on the float variables, also
+passed as arguments. No weight is baked into the program as a constant.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import flax
+import flax.linen as nn
+import jax
+import numpy as np
+
+from jaxcompress._src.export import layers
+
+__all__ = ["LayerPlan", "Program", "probe_calls"]
+
+
+class LayerPlan(NamedTuple):
+    """How one module call is executed in the exported program."""
+
+    kind: str  # "dense" | "conv" | "identity" (a folded BatchNorm) | "module" (the model's own code)
+    integer: bool = True  # int8 x int8 -> int32 (else float with dequantized weights)
+    spec: layers.InputSpec | None = None  # input quantization (None: float input)
+    conv: layers.ConvConfig | None = None
+    out_spec: layers.InputSpec | None = None  # output fake quantization (None: none)
+
+
+class Program(NamedTuple):
+    """``model.apply`` with planned layers swapped; ``fn(weights, x) -> y``."""
+
+    model: nn.Module
+    plans: dict[str, LayerPlan]
+    apply_kwargs: dict[str, Any]
+
+    def __call__(self, weights: dict[str, Any], x: jax.Array) -> jax.Array:
+        layer_weights = weights["layers"]
+
+        def layer(path, plan, next_fun, args, kwargs):
+            inputs = args[0]
+            if plan.kind == "module":
+                if plan.spec is not None:
+                    args = (layers.fake_quantize_input(inputs, plan.spec).astype(inputs.dtype), *args[1:])
+                out = next_fun(*args, **kwargs)
+            elif plan.kind == "dense":
+                out = layers.dense(inputs, layer_weights[path], plan.spec, integer=plan.integer)
+            else:
+                out = layers.conv(inputs, layer_weights[path], plan.spec, plan.conv, integer=plan.integer)
+            if plan.out_spec is not None:
+                out = layers.fake_quantize_input(out, plan.out_spec).astype(out.dtype)
+            return out
+
+        return run_planned(self.model, weights["variables"], x, self.apply_kwargs, self.plans, layer)
+
+
+def run_planned(
+    model: nn.Module, variables: Any, x: Any, apply_kwargs: dict[str, Any], plans: dict[str, LayerPlan], layer: Callable
+) -> Any:
+    """``model.apply`` with each planned call swapped: a folded BatchNorm ("identity") returns
+    its input, any other plan runs ``layer(path, plan, next_fun, args, kwargs)``."""
+
+    def interceptor(next_fun, args, kwargs, context):
+        if context.method_name != "__call__":
+            return next_fun(*args, **kwargs)
+        path = "/".join(context.module.path)
+        plan = plans.get(path)
+        if plan is None:
+            return next_fun(*args, **kwargs)
+        if plan.kind == "identity":
+            return args[0]
+        return layer(path, plan, next_fun, args, kwargs)
+
+    with nn.intercept_methods(interceptor):
+        return model.apply(variables, x, **apply_kwargs)
+
+
+class Call(NamedTuple):
+    """One module call seen while probing the model."""
+
+    path: str
+    module: nn.Module
+    inputs: Any
+    kwargs: dict[str, Any]
+    output: Any
+
+
+def probe_calls(model: nn.Module, variables: Any, x: Any, apply_kwargs: dict[str, Any]) -> list[Call]:
+    """Runs the model eagerly and records every submodule ``__call__`` in order."""
+    calls: list[Call] = []
+
+    def interceptor(next_fun, args, kwargs, context):
+        out = next_fun(*args, **kwargs)
+        if context.method_name == "__call__" and context.module.path:
+            path = "/".join(context.module.path)
+            calls.append(Call(path, context.module, args[0] if args else None, dict(kwargs), out))
+        return out
+
+    with nn.intercept_methods(interceptor):
+        try:
+            model.apply(variables, x, **apply_kwargs)
+        except flax.errors.ModifyScopeVariableError as e:
+            raise ValueError(
+                "The model updates its variables when applied (a BatchNorm in training mode?); export "
+                "needs inference mode: pass `apply_kwargs` such as {'train': False}. "
+                f"Flax said: {str(e).splitlines()[0]}"
+            ) from None
+    return calls
+
+
+def batchnorm_pairs(calls: list[Call]) -> dict[str, str]:
+    """``{batchnorm_path: producer_path}`` for BatchNorms applied directly to a Dense/Conv output."""
+    pairs: dict[str, str] = {}
+    for i, call in enumerate(calls):
+        if not isinstance(call.module, nn.BatchNorm) or i == 0:
+            continue
+        prev = calls[i - 1]
+        channels_last = call.module.axis in (-1, np.ndim(call.inputs) - 1)
+        if isinstance(prev.module, (nn.Dense, nn.Conv)) and prev.output is call.inputs and channels_last:
+            pairs[call.path] = prev.path
+    return pairs
+
+
+def batchnorm_affine(bn: nn.BatchNorm, variables: Any, path: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(mul, add)`` with ``bn(x) = x * mul + add`` in inference mode."""
+    node_params = _lookup(variables.get("params", {}), path) or {}
+    stats = _lookup(variables.get("batch_stats", {}), path)
+    if stats is None:
+        raise ValueError(f"BatchNorm {path!r} has no batch_stats in `variables`; pass the model's full variables.")
+    mean = np.asarray(stats["mean"], np.float32)
+    var = np.asarray(stats["var"], np.float32)
+    mul = 1.0 / np.sqrt(var + np.float32(bn.epsilon))
+    if bn.use_scale:
+        mul = mul * np.asarray(node_params["scale"], np.float32)
+    add = -mean * mul
+    if bn.use_bias:
+        add = add + np.asarray(node_params["bias"], np.float32)
+    return mul.astype(np.float32), add.astype(np.float32)
+
+
+def _lookup(tree: Any, path: str) -> Any:
+    node = tree
+    for key in path.split("/"):
+        if not isinstance(node, dict) or key not in node:
+            return None
+        node = node[key]
+    return node
+
+
+def uses_running_average(call: Call) -> bool:
+    """Whether a probed BatchNorm call ran in inference mode (running statistics)."""
+    flag = call.kwargs.get("use_running_average", call.module.use_running_average)
+    return bool(flag)
+
+
+def timed_interleaved(
+    programs: list[tuple[Callable, Any]], x, *, rounds: int = 3, repeats: int = 10, warmup: int = 3
+) -> list[float]:
+    """Median seconds of each ``fn(args, x)``, after warm-up, runs interleaved so drift hits all alike."""
+    import time
+
+    for fn, args in programs:
+        for _ in range(warmup):
+            jax.block_until_ready(fn(args, x))
+    samples: list[list[float]] = [[] for _ in programs]
+    for _ in range(rounds):
+        for i, (fn, args) in enumerate(programs):
+            for _ in range(repeats):
+                start = time.perf_counter()
+                jax.block_until_ready(fn(args, x))
+                samples[i].append(time.perf_counter() - start)
+    return [float(np.median(s)) for s in samples]

@@ -1,0 +1,23 @@
+"""Export: an integer XLA program, stored compressed in one artifact file.
+
+:func:`export` builds it from a Flax model and a trained recipe; :func:`load`
+reads it back and needs only JAX and numpy (this module imports nothing
+heavier; :func:`export` imports Flax on first use).
+"""
+
+from typing import TYPE_CHECKING
+
+from jaxcompress._src.export.artifact import Artifact, load
+
+if TYPE_CHECKING:  # pragma: no cover - loaded on first use below (imports Flax)
+    from jaxcompress._src.export.builder import Exported, export
+
+__all__ = ["Artifact", "Exported", "export", "load"]
+
+
+def __getattr__(name: str):
+    if name in ("export", "Exported"):
+        from jaxcompress._src.export import builder
+
+        return getattr(builder, name)
+    raise AttributeError(f"module 'jaxcompress.export' has no attribute {name!r}")
