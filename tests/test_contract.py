@@ -1,5 +1,8 @@
 """Every registered method honours the core contract (optax's alias_test.py, as a registry)."""
 
+import pathlib
+import re
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -9,6 +12,19 @@ from helpers import make_params
 
 import jaxcompress as jc
 from jaxcompress._src.core import IdentityState
+
+CORE_README = pathlib.Path(__file__).resolve().parent.parent / "jaxcompress" / "README.md"
+
+
+def readme_methods() -> dict:
+    """The worked examples of jaxcompress/README.md ("Add a new method"), executed as written."""
+    namespace: dict = {}
+    for block in re.findall(r"```python\n(.*?)```", CORE_README.read_text(), flags=re.S):
+        exec(compile(block, str(CORE_README), "exec"), namespace)
+    return {"readme-std-threshold": namespace["std_threshold"], "readme-ternary": namespace["ternary"]}
+
+
+README_METHODS = readme_methods()
 
 METHODS = {
     "identity": lambda: jc.identity(),
@@ -40,6 +56,9 @@ METHODS = {
     "block-2x2": lambda: jc.prune.block(0.5, (2, 2)),
     "ste-n_m": lambda: jc.prune.ste(jc.prune.n_m(2, 4, rule=r"Dense_\d/kernel")),
     "ste-magnitude-schedule": lambda: jc.prune.ste(jc.prune.magnitude(jc.schedules.constant(0.5, frequency=3))),
+    "readme-std-threshold": lambda: README_METHODS["readme-std-threshold"](0.8, at=2),
+    "readme-ternary": lambda: README_METHODS["readme-ternary"](),
+    "readme-chain": lambda: jc.chain(README_METHODS["readme-std-threshold"](1.0), README_METHODS["readme-ternary"]()),
 }
 
 STEPS = 6
@@ -136,3 +155,16 @@ def test_apply_rejects_params_of_another_structure(method):
         return
     with pytest.raises(ValueError, match="lack the leaves"):
         method.apply({"other": {"kernel": jnp.ones((2, 2))}}, state)
+
+
+def test_the_readme_examples_compute_their_papers_formulas():
+    params = make_params()
+    w = np.asarray(params["Dense_0"]["kernel"])
+    pruner = README_METHODS["readme-std-threshold"](0.8, at=1)
+    state = pruner.update(params, pruner.update(params, pruner.init(params)))
+    pruned = np.asarray(pruner.apply(params, state)["Dense_0"]["kernel"])
+    np.testing.assert_array_equal(pruned, np.where(np.abs(w) >= 0.8 * w.std(), w, 0.0))
+    quantizer = README_METHODS["readme-ternary"]()
+    q = np.asarray(quantizer.apply(params, quantizer.init(params))["Dense_0"]["kernel"])
+    big = np.abs(w) > 0.7 * np.abs(w).mean()
+    np.testing.assert_allclose(q, np.where(big, np.sign(w) * np.abs(w)[big].mean(), 0.0), rtol=1e-6)

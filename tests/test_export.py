@@ -165,14 +165,16 @@ def test_static_asymmetric_inputs_fold_zero_points_in_int32(signed):
         "SAME",
         dimension_numbers=("NHWC", "HWIO", "NHWC"),
     ) + bias.reshape(1, 1, 1, -1)
-    got = layers.conv(jnp.asarray(x), layers.conv_weights(codes, scale, bias), spec, cfg, integer=True)
+    conv = layers.Conv(spec=spec, config=cfg)
+    weights = conv.integer_weights(codes, scale, None, bias)
+    got = conv.with_form(type(weights))(jnp.asarray(x), weights.arguments())
     np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-4)
     xd = x.reshape(4, -1)[:, :20]
     codes_d = rng.integers(-127, 128, (20, 7)).astype(np.int8)
     zp_w = rng.integers(-3, 4, 7).astype(np.int32)
-    got_d = layers.dense(
-        jnp.asarray(xd), layers.dense_weights(codes_d, scale[:1].repeat(7), zp_w, None), spec, integer=True
-    )
+    dense = layers.Dense(spec=spec)
+    weights_d = dense.integer_weights(codes_d, scale[:1].repeat(7), zp_w, None)
+    got_d = dense.with_form(type(weights_d))(jnp.asarray(xd), weights_d.arguments())
     xdq = (np.clip(np.round(xd * inv) + 17, qmin, qmax) - 17) * 0.05
     ref_d = xdq @ ((codes_d.astype(np.float64) - zp_w) * scale[0])
     np.testing.assert_allclose(got_d, ref_d, rtol=1e-5, atol=1e-4)
@@ -256,3 +258,30 @@ def test_report_names_layers_whose_inputs_the_recipe_left_in_float(trained):
     ex = jc.export.export(model, variables, recipe, recipe.init(variables["params"]), ds.x_test[:8], dispatch="int8")
     (note,) = ex.report["notes"]
     assert "Conv_0, Conv_1, Dense_0, Dense_1 in float" in note and "dynamically to int8" in note
+
+
+def test_any_chain_order_exports_what_it_trains():
+    # chain(quantize, prune): the integer form is taken from the final weights,
+    # so the zeros the pruner adds after quantization are in the exported codes.
+    model = SmallCNN()
+    x = jax.random.uniform(jax.random.key(0), (8, 8, 8, 1))
+    params = model.init(jax.random.key(1), x)["params"]
+    recipe = jc.chain(jc.quant.int8(), jc.prune.magnitude(0.5))
+    _, cstate = jc.compress(recipe, params)
+    integer = jc.integer_weights(recipe, params, cstate)
+    for path, mask in jc.masks_of(cstate).items():
+        np.testing.assert_array_equal(np.asarray(integer[path].codes)[~np.asarray(mask.unpack())], 0)
+    ex = jc.export.export(model, {"params": params}, recipe, cstate, x, dispatch="int8", activations="dynamic")
+    ref = fake_quant_reference(model, {"params": recipe.apply(params, cstate)}, x)
+    np.testing.assert_allclose(ex(x), ref, rtol=1e-4, atol=1e-4 * float(jnp.max(jnp.abs(ref))))
+
+
+def test_an_order_whose_integer_form_cannot_hold_the_final_weights_is_refused():
+    # k-means shares 4 values fitted before pruning; the zeros pruning adds afterwards are none of them.
+    model = SmallCNN()
+    x = jax.random.uniform(jax.random.key(0), (8, 8, 8, 1))
+    params = model.init(jax.random.key(1), x)["params"]
+    recipe = jc.chain(jc.quant.kmeans(2, keep_zeros=False, rule="Dense_0/kernel"), jc.prune.magnitude(0.5))
+    _, cstate = jc.compress(recipe, params)
+    with pytest.raises(ValueError, match=r"Leaf 'Dense_0/kernel': its integer form does not dequantize"):
+        jc.export.export(model, {"params": params}, recipe, cstate, x, dispatch="int8")

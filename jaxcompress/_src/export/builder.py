@@ -1,7 +1,8 @@
-"""``jc.export.int8``: from (params, compression state) to an integer XLA program."""
+"""``jc.export.export``: from (params, compression state) to an integer XLA program."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -13,8 +14,9 @@ import numpy as np
 
 from jaxcompress._src import core
 from jaxcompress._src import paths as paths_lib
-from jaxcompress._src.export import artifact, layers, program
-from jaxcompress._src.export import channels as structured
+from jaxcompress._src.export import artifact, channels, layers, program
+from jaxcompress._src.export.candidates import Candidates, storage
+from jaxcompress._src.export.layers import FloatKernel, KernelLayer
 from jaxcompress._src.quant import activations as activation_lib
 from jaxcompress._src.quant.grid import InputQuant
 
@@ -92,7 +94,7 @@ def export(
         size; the report gives both program times per layer), ``"int8"``,
         ``"float"``, or ``{module_path: choice}``.
       remove_pruned_channels: physically remove all-zero output channels and
-        the inputs they feed (see :mod:`jaxcompress.export.structured`); the
+        the inputs they feed (probed and verified, see ``channels.py``); the
         report's ``notes`` say what was removed and what could not be, and why.
       platforms: ``jax.export`` platforms (default: the current backend).
       description: a description of the recipe for the metadata.
@@ -131,14 +133,14 @@ def export(
             if call.path not in in_specs:
                 unquantized_inputs.append(call.path)
             spec = layers.InputSpec(in_specs.get(call.path, layers.DYNAMIC_INT8))
-            plans[call.path] = plan._replace(spec=spec, out_spec=out_spec)
-            candidates[call.path] = _layer_weights(call, iw, compressed)
+            plans[call.path] = dataclasses.replace(plan, spec=spec, out_spec=out_spec)
+            candidates[call.path] = Candidates.build(plans[call.path], iw, _bias(compressed, call.path))
             continue
         if reason:
             notes.append(f"{call.path}: left to the model's own float code ({reason})")
         if call.path in in_specs or out_spec is not None:  # fake-quantize around the model's own code
             spec = layers.InputSpec(in_specs[call.path]) if call.path in in_specs else None
-            plans[call.path] = program.LayerPlan("module", False, spec, None, out_spec)
+            plans[call.path] = layers.ModelCode(spec, out_spec)
     if unquantized_inputs and activations == "auto":
         notes.append(
             "the recipe leaves the inputs of " + ", ".join(unquantized_inputs) + " in float; their integer "
@@ -146,24 +148,24 @@ def export(
         )
 
     for bn_path, producer in program.batchnorm_pairs(calls).items():
-        if producer in plans:
+        if producer in candidates:
             mul, add = program.batchnorm_affine(_find_call(calls, bn_path).module, variables, bn_path)
-            _fold_affine(candidates[producer], mul, add)
-            plans[bn_path] = program.LayerPlan("identity")
+            candidates[producer] = candidates[producer].folded(mul, add)
+            plans[bn_path] = layers.FoldedBatchNorm()
 
-    removal = None
-    if remove_pruned_channels and plans:
-        removal = _remove_channels(model, float_vars, example, apply_kwargs, plans, candidates, calls)
+    if remove_pruned_channels and candidates:
+        removal, candidates, plans = _remove_channels(
+            model, float_vars, example, apply_kwargs, plans, candidates, calls
+        )
         notes.extend(removal.notes)
 
     choices = {}
-    for path, plan in plans.items():
-        if plan.kind in ("dense", "conv"):
-            choice = dispatch.get(path, "measure") if isinstance(dispatch, Mapping) else dispatch
-            choices[path] = "float" if "int8" not in candidates[path].candidates else choice
-    variables_left = _without(float_vars, [p for p, pl in plans.items() if pl.kind != "module"])
+    for path, cands in candidates.items():
+        choice = dispatch.get(path, "measure") if isinstance(dispatch, Mapping) else dispatch
+        choices[path] = "float" if cands.integer is None else choice
+    variables_left = _without(float_vars, [p for p, pl in plans.items() if not isinstance(pl, layers.ModelCode)])
     timings = _measure_in_program(model, plans, candidates, variables_left, apply_kwargs, example, choices)
-    plans = _with_choices(plans, choices)
+    plans = _with_choices(plans, candidates, choices)
     fn = program.Program(model, plans, apply_kwargs)
     args = jax.tree.map(_canonical, _program_args(candidates, choices, variables_left))
     x_spec = jax.ShapeDtypeStruct((*jax.export.symbolic_shape("b"), *example.shape[1:]), example.dtype)
@@ -174,7 +176,7 @@ def export(
 
     exported = jax.export.export(jax.jit(infer), platforms=platforms)(w_spec, x_spec)
 
-    stored, leaves = _storage(args, candidates)
+    stored, leaves = storage(args, candidates)
     metadata = {
         "format_version": artifact.FORMAT_VERSION,
         "description": description or _describe(cstate),
@@ -182,11 +184,9 @@ def export(
         "layers": {
             p: {
                 "kind": plan.kind,
-                "compute": {"identity": "identity (folded into its producer)", "module": "the model's own code"}.get(
-                    plan.kind, "int8" if plan.integer else "float32"
-                ),
-                "input_quantization": _describe_quant(plan.spec),
-                "output_quantization": _describe_quant(plan.out_spec),
+                "compute": _describe_compute(plan),
+                "input_quantization": _describe_quant(getattr(plan, "spec", None)),
+                "output_quantization": _describe_quant(getattr(plan, "out_spec", None)),
                 **({k: round(v * 1e6, 1) for k, v in timings[p].items()} if p in timings else {}),
             }
             for p, plan in plans.items()
@@ -257,102 +257,38 @@ def _activation_specs(activations, cstate) -> tuple[dict[str, InputQuant], dict[
     return activation_lib.input_quantization(cstate), activation_lib.output_quantization(cstate)
 
 
-def _plan_for(call) -> tuple[program.LayerPlan | None, str]:
+def _plan_for(call) -> tuple[KernelLayer | None, str]:
     """How a Dense/Conv call with quantized weights is run, or None (left to the model) and why."""
     if isinstance(call.module, nn.Dense):
         if call.module.dot_general is not None or call.module.dot_general_cls is not None:
             return None, "custom dot_general"
-        return program.LayerPlan("dense", True), ""
+        return layers.Dense(), ""
     if isinstance(call.module, nn.Conv):
         cfg = layers.conv_config(call.module)
         if cfg is None:
             return None, "unsupported Conv configuration (padding mode, unshared weights or mask)"
-        return program.LayerPlan("conv", True, None, cfg), ""
+        return layers.Conv(config=cfg), ""
     return None, f"{type(call.module).__name__} layers have no integer kernel yet"
 
 
-class _Layer:
-    """Export bookkeeping of one planned layer (never a program argument).
-
-    ``codes``/``scale``/``zero_point`` are what a float-path kernel is stored
-    as (codes times the effective scale, BatchNorm factor included); they are
-    sliced together with the candidates when channels are removed.
-    """
-
-    def __init__(self, kind: str, iw: core.IntegerWeights, candidates: dict[str, dict[str, np.ndarray]]):
-        self.kind = kind
-        self.iw = iw
-        self.candidates = candidates
-        self.codes = np.asarray(iw.codes)
-        self.scale = np.asarray(iw.scale, np.float32)
-        self.zero_point = None if iw.zero_point is None else np.asarray(iw.zero_point, np.int32)
-
-    def reduce(self, keep_out, keep_in, consts) -> None:
-        for name, w in self.candidates.items():
-            self.candidates[name] = structured.reduce_weights(w, self.kind, keep_out, keep_in, consts)
-        self.codes = structured.slice_kernel(self.codes, self.kind, keep_out, keep_in)
-        for name in ("scale", "zero_point"):
-            a = getattr(self, name)
-            if a is not None:
-                setattr(self, name, structured.slice_kernel(a, self.kind, keep_out, keep_in, broadcast=True))
-
-
-def _layer_weights(call, iw: core.IntegerWeights, compressed) -> _Layer:
-    """Both candidate weight sets of a layer: ``{"int8": {...}, "float": {...}}``."""
-    node = program._lookup(compressed, call.path)
-    bias = None if node is None or "bias" not in node else np.asarray(node["bias"], np.float32)
-    codes = np.asarray(iw.codes)
-    n_out = codes.shape[-1]
-    candidates = {"float": {"kernel": np.asarray(iw.dequantize(), np.float32)}}
-    if bias is not None:
-        candidates["float"]["bias"] = bias
-    # The integer candidate exists exactly when the integer path computes these weights.
-    dense = isinstance(call.module, nn.Dense)
-    zp = None if iw.zero_point is None else np.asarray(iw.zero_point, np.int32)
-    if iw.codebook is None and codes.dtype == np.uint8:
-        # Unsigned codes [0, 2^b) move into the signed b-bit range; the zero point moves with them.
-        shift = 2 ** (iw.bits - 1)
-        codes = (codes.astype(np.int16) - shift).astype(np.int8)
-        zp = (np.zeros(np.shape(iw.scale), np.int32) if zp is None else zp) - shift
-    if iw.codebook is not None:
-        pass  # no affine form: float compute only
-    elif iw.group_size is not None:
-        if dense and iw.group_axis in (0, -2):
-            candidates["int8"] = layers.grouped_dense_weights(codes, np.asarray(iw.scale, np.float32), zp, bias)
-    else:
-        scale = np.broadcast_to(np.asarray(iw.scale, np.float32).reshape(-1), (n_out,)).copy()
-        if dense:
-            zp = None if zp is None else np.broadcast_to(zp.reshape(-1), (n_out,))
-            candidates["int8"] = layers.dense_weights(codes, scale, zp, bias)
-        elif zp is None:
-            candidates["int8"] = layers.conv_weights(codes, scale, bias)
-    return _Layer("dense" if isinstance(call.module, nn.Dense) else "conv", iw, candidates)
-
-
-def _fold_affine(layer: _Layer, mul: np.ndarray, add: np.ndarray) -> None:
-    """Folds ``y * mul + add`` (per output channel) into both candidates, in place."""
-    for w in layer.candidates.values():
-        bias = w.get("bias", np.zeros_like(add))
-        w["bias"] = (bias * mul + add).astype(np.float32)
-        if "kernel" in w:
-            w["kernel"] = (w["kernel"] * mul).astype(np.float32)
-        else:
-            w["scale"] = (w["scale"] * mul).astype(np.float32)
-    layer.scale = (layer.scale * mul.reshape((1,) * (layer.scale.ndim - 1) + (-1,))).astype(np.float32)
+def _bias(compressed: Any, path: str) -> np.ndarray | None:
+    node = program.lookup(compressed, path)
+    return None if node is None or "bias" not in node else np.asarray(node["bias"], np.float32)
 
 
 def _find_call(calls, path: str):
     return next(c for c in calls if c.path == path)
 
 
-def _with_choices(plans: dict, choices: Mapping[str, str]) -> dict:
-    """``plans`` with each chosen layer on its integer or float path."""
-    return {p: pl._replace(integer=choices[p] == "int8") if p in choices else pl for p, pl in plans.items()}
+def _with_choices(plans: dict, candidates: Mapping[str, Candidates], choices: Mapping[str, str]) -> dict:
+    """``plans`` with each chosen layer computing with its integer or float weights."""
+    return {p: pl.with_form(type(candidates[p].form(choices[p]))) if p in choices else pl for p, pl in plans.items()}
 
 
-def _program_args(candidates: Mapping[str, _Layer], choices: Mapping[str, str], variables_left) -> dict:
-    """The program's weight arguments: each layer's chosen candidate, plus the variables it still reads."""
-    return {"layers": {p: candidates[p].candidates[c] for p, c in choices.items()}, "variables": variables_left}
+def _program_args(candidates: Mapping[str, Candidates], choices: Mapping[str, str], variables_left) -> dict:
+    """The program's weight arguments: each layer's chosen form, plus the variables the model still reads."""
+    chosen = {p: candidates[p].form(c).arguments() for p, c in choices.items()}
+    return {"layers": chosen, "variables": variables_left}
 
 
 def _measure_in_program(model, plans, candidates, variables_left, apply_kwargs, example, choices) -> dict:
@@ -372,7 +308,7 @@ def _measure_in_program(model, plans, candidates, variables_left, apply_kwargs, 
         return {}
 
     def build(assignment: dict[str, str]):
-        fn = program.Program(model, _with_choices(plans, assignment), apply_kwargs)
+        fn = program.Program(model, _with_choices(plans, candidates, assignment), apply_kwargs)
         args = _program_args(candidates, assignment, variables_left)
         return jax.jit(lambda w, x: fn(w, x)), jax.tree.map(jnp.asarray, args)
 
@@ -405,101 +341,40 @@ def _without(variables: Mapping[str, Any], plans: list[str]) -> dict:
     return out
 
 
-def _storage(args: dict, planned: Mapping[str, _Layer]) -> tuple[list, dict]:
-    """Compressed storage of every program argument; per-leaf bytes for the report."""
-    stored, leaves = [], {}
-    for name, value in _flatten(args).items():
-        parts = name.split("/")
-        layer = planned.get("/".join(parts[1:-1])) if parts[0] == "layers" else None
-        if layer is not None and parts[-1] in ("codes", "codes_t"):
-            meta, blob = artifact.encode_codes(value, layer.iw.bits, signed=True)
-            entries = [(name, meta, blob)]
-            leaves[name] = {"storage": f"int{layer.iw.bits} {meta['encoding']}", "bytes": len(blob)}
-        elif layer is not None and parts[-1] == "kernel":
-            entries = _derived_kernel(name, value, layer)
-            what = "codebook indices + codebook" if layer.iw.codebook is not None else "codes + float32 scales"
-            leaves[name] = {
-                "storage": f"int{layer.iw.bits} {what} (float32 kernel rebuilt at load)",
-                "bytes": sum(len(b) for _, _, b in entries),
-            }
-        else:
-            meta, blob = artifact.encode_raw(value)
-            entries = [(name, meta, blob)]
-            leaves[name] = {"storage": str(value.dtype), "bytes": len(blob)}
-        stored.extend(entries)
-    return stored, leaves
-
-
-def _derived_kernel(name: str, kernel: np.ndarray, layer: _Layer) -> list:
-    """A float-path kernel stored as its integer codes and scales, rebuilt by the loader."""
-    iw = layer.iw
-    if iw.codebook is not None:  # indices at `bits` bits + the codebook: kernel = codebook[indices] * scale
-        imeta, iblob = artifact.encode_codes(layer.codes, iw.bits, signed=False)
-        bmeta, bblob = artifact.encode_raw(np.asarray(iw.codebook, np.float32))
-        smeta, sblob = artifact.encode_raw(layer.scale)
-        meta = {"encoding": "codebook", "dtype": "float32", "shape": list(kernel.shape)}
-        meta.update(indices=f"{name}.indices", codebook=f"{name}.codebook", scale=f"{name}.scale")
-        if iw.group_size is not None:
-            meta.update(group_axis=iw.group_axis, group_size=iw.group_size)
-        return [
-            (f"{name}.indices", {**imeta, "internal": True}, iblob),
-            (f"{name}.codebook", {**bmeta, "internal": True}, bblob),
-            (f"{name}.scale", {**smeta, "internal": True}, sblob),
-            (name, meta, b""),
-        ]
-    signed = layer.codes.dtype != np.uint8  # unsigned quantizers give uint8 codes
-    cmeta, cblob = artifact.encode_codes(layer.codes, iw.bits, signed=signed)
-    smeta, sblob = artifact.encode_raw(layer.scale)
-    entries = [
-        (f"{name}.codes", {**cmeta, "internal": True}, cblob),
-        (f"{name}.scale", {**smeta, "internal": True}, sblob),
-    ]
-    meta = {"encoding": "affine", "dtype": "float32", "shape": list(kernel.shape)}
-    meta.update(codes=f"{name}.codes", scale=f"{name}.scale")
-    if layer.zero_point is not None:
-        zmeta, zblob = artifact.encode_raw(layer.zero_point)
-        entries.append((f"{name}.zero_point", {**zmeta, "internal": True}, zblob))
-        meta["zero_point"] = f"{name}.zero_point"
-    if iw.group_size is not None:
-        meta.update(group_axis=iw.group_axis, group_size=iw.group_size)
-    entries.append((name, meta, b""))
-    return entries
-
-
-def _remove_channels(model, float_vars, example, apply_kwargs, plans, candidates, calls) -> structured.Removal:
-    """Plans, applies and verifies physical channel removal; undoes it if verification fails."""
-    float_weights = {p: c.candidates["float"] for p, c in candidates.items()}
+def _remove_channels(model, float_vars, example, apply_kwargs, plans, candidates, calls):
+    """Plans, applies and verifies physical channel removal: ``(removal, candidates, plans)``, new or unchanged."""
+    float_weights = {p: c.float for p, c in candidates.items()}
     counts: dict[str, int] = {}
     for call in calls:
         counts[call.path] = counts.get(call.path, 0) + 1
     fixed = frozenset(p for p, c in candidates.items() if c.iw.group_size is not None)
-    removal = structured.plan_removal(model, float_vars, example, apply_kwargs, plans, float_weights, counts, fixed)
+    removal = channels.plan_removal(model, float_vars, example, apply_kwargs, plans, float_weights, counts, fixed)
     touched = set(removal.keep_out) | set(removal.keep_in)
     if not touched:
-        return removal
-    # Structure is verified exactly: float path, no input quantization on either side.
-    float_plans = {p: pl._replace(integer=False, spec=None) for p, pl in plans.items()}
-    full_args = {"layers": float_weights, "variables": float_vars}
-    saved = {
-        p: (dict(candidates[p].candidates), candidates[p].codes, candidates[p].scale, candidates[p].zero_point)
-        for p in touched
-    }
+        return removal, candidates, plans
+    reduced = dict(candidates)
     for p in touched:
-        candidates[p].reduce(removal.keep_out.get(p), removal.keep_in.get(p), removal.constants.get(p))
-    reduced_args = {"layers": {p: c.candidates["float"] for p, c in candidates.items()}, "variables": float_vars}
-    program_fn = program.Program(model, float_plans, apply_kwargs)
-    why = structured.verify(
-        lambda x: program_fn(reduced_args, x), lambda x: program_fn(full_args, x), example, rtol=1e-4
+        reduced[p] = candidates[p].reduced(removal.keep_out.get(p), removal.keep_in.get(p), removal.constants.get(p))
+    # Structure is verified exactly: float path, no input quantization on either side.
+    exact = {
+        p: dataclasses.replace(pl, spec=None, form=FloatKernel) if p in candidates else pl for p, pl in plans.items()
+    }
+    program_fn = program.Program(model, exact, apply_kwargs)
+
+    def args(cands):
+        return {"layers": {p: c.float.arguments() for p, c in cands.items()}, "variables": float_vars}
+
+    why = channels.verify(
+        lambda x: program_fn(args(reduced), x), lambda x: program_fn(args(candidates), x), example, rtol=1e-4
     )
-    if why is None:
-        for p, consts in removal.constants.items():  # keep each dynamic input scale on the unreduced grid
-            if plans[p].spec is not None and plans[p].spec.quant.dynamic:
-                plans[p] = plans[p]._replace(spec=plans[p].spec._replace(floor=consts.floor))
-        return removal
-    for p, (cands, codes, scale, zp) in saved.items():
-        layer = candidates[p]
-        layer.candidates, layer.codes, layer.scale, layer.zero_point = cands, codes, scale, zp
-    return structured.Removal({}, {}, {}, [*removal.notes, f"no channels removed: {why}"])
+    if why is not None:
+        return channels.Removal({}, {}, {}, [*removal.notes, f"no channels removed: {why}"]), candidates, plans
+    plans = dict(plans)
+    for p, consts in removal.constants.items():  # keep each dynamic input scale on the unreduced grid
+        spec = plans[p].spec
+        if spec is not None and spec.quant.dynamic:
+            plans[p] = dataclasses.replace(plans[p], spec=spec._replace(floor=consts.floor))
+    return removal, reduced, plans
 
 
 def _flatten(tree: Any) -> dict[str, Any]:
@@ -511,6 +386,14 @@ def _canonical(a: Any) -> np.ndarray:
     """A numpy array in the dtype JAX will give it (int64 -> int32 without x64)."""
     a = np.asarray(a)
     return a.astype(jax.dtypes.canonicalize_dtype(a.dtype), copy=False)
+
+
+def _describe_compute(plan: layers.Plan) -> str:
+    if isinstance(plan, layers.FoldedBatchNorm):
+        return "identity (folded into its producer)"
+    if isinstance(plan, layers.ModelCode):
+        return "the model's own code"
+    return "int8" if plan.integer else "float32"
 
 
 def _describe_quant(spec: layers.InputSpec | None) -> str | None:

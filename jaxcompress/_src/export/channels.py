@@ -28,6 +28,7 @@ into, so removal is decided by probing, not by pattern-matching layer names:
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -36,8 +37,9 @@ import jax
 import numpy as np
 
 from jaxcompress._src.export import layers, program
+from jaxcompress._src.export.layers import Dense, FloatKernel, KernelLayer
 
-__all__ = ["Removal", "plan_removal"]
+__all__ = ["Removal", "plan_removal", "reduced", "slice_kernel", "verify"]
 
 
 class Removal(NamedTuple):
@@ -61,9 +63,9 @@ class Constants(NamedTuple):
         return float(min(0.0, np.min(self.values, initial=0.0))), float(max(0.0, np.max(self.values, initial=0.0)))
 
 
-def dead_channels(weights: dict[str, np.ndarray]) -> np.ndarray:
+def dead_channels(weights: FloatKernel) -> np.ndarray:
     """Output channels whose kernel slice is all zero (from the float candidate's kernel)."""
-    kernel = weights["kernel"]
+    kernel = weights.kernel
     return np.flatnonzero(~np.any(kernel.reshape(-1, kernel.shape[-1]) != 0, axis=0))
 
 
@@ -72,16 +74,12 @@ def _run(model, variables, x, apply_kwargs, plans, float_weights, hook) -> tuple
     seen: dict[str, Any] = {}
 
     def layer(path, plan, next_fun, args, kwargs):
-        if plan.kind == "module":
+        if not isinstance(plan, KernelLayer):
             return next_fun(*args, **kwargs)
         seen[path] = args[0]
         inputs = hook.replay(path, args[0])
-        w = float_weights[path]
-        if plan.kind == "dense":
-            out = layers.dense(inputs, w, None, integer=False)
-        else:
-            out = layers.conv(inputs, w, None, plan.conv, integer=False)
-        return hook.perturb(path, out)
+        exact = dataclasses.replace(plan, spec=None, out_spec=None, form=FloatKernel)
+        return hook.perturb(path, exact(inputs, float_weights[path].arguments()))
 
     return program.run_planned(model, variables, x, apply_kwargs, plans, layer), seen
 
@@ -113,8 +111,8 @@ def plan_removal(
     variables: Any,
     example: jax.Array,
     apply_kwargs: dict[str, Any],
-    plans: dict[str, program.LayerPlan],
-    float_weights: dict[str, dict[str, np.ndarray]],
+    plans: dict[str, layers.Plan],
+    float_weights: dict[str, FloatKernel],
     call_counts: dict[str, int],
     fixed_inputs: frozenset[str] = frozenset(),
 ) -> Removal:
@@ -128,7 +126,7 @@ def plan_removal(
     y_ref, recorded = run(_Hook())
     dead = {}
     for path, plan in plans.items():
-        if plan.kind not in ("dense", "conv"):
+        if not isinstance(plan, KernelLayer):
             continue
         d = dead_channels(float_weights[path])
         if len(d) == 0:
@@ -136,7 +134,7 @@ def plan_removal(
         if call_counts.get(path, 1) != 1:
             notes.append(f"{path}: {len(d)} dead channels kept (the layer is called more than once)")
             continue
-        if len(d) == float_weights[path]["kernel"].shape[-1]:
+        if len(d) == float_weights[path].kernel.shape[-1]:
             notes.append(f"{path}: every channel is pruned; kept as is (removing all would leave no output)")
             continue
         dead[path] = d
@@ -151,8 +149,8 @@ def plan_removal(
     removed = dict(dead)
     reasons: dict[str, str] = {}
     while True:
-        live = {p: np.setdiff1d(np.arange(float_weights[p]["kernel"].shape[-1]), removed.get(p, [])) for p in dead}
-        live.update({p: np.arange(w["kernel"].shape[-1]) for p, w in float_weights.items() if p not in dead})
+        live = {p: np.setdiff1d(np.arange(float_weights[p].kernel.shape[-1]), removed.get(p, [])) for p in dead}
+        live.update({p: np.arange(w.kernel.shape[-1]) for p, w in float_weights.items() if p not in dead})
         _, seen_live = run(_Hook(recorded, live, seed=2))
         mixed = {c: _changed(seen_live[c], recorded[c]) for c in seen_live}
         dropped = None
@@ -178,7 +176,7 @@ def plan_removal(
         for consumer, features in reach[path][1].items():
             if not np.any(features):
                 continue
-            ok, why = _fold_constants(consumer, features, recorded[consumer], plans[consumer], float_weights[consumer])
+            ok, why = _fold_constants(consumer, features, recorded[consumer], plans[consumer])
             if not ok:
                 reasons[path] = why
                 del removed[path]
@@ -191,7 +189,7 @@ def plan_removal(
     constants = {}
     for consumer, features in keep_in.items():
         x0 = np.asarray(recorded[consumer])[0]
-        if plans[consumer].kind == "dense":
+        if isinstance(plans[consumer], Dense):
             keep_in[consumer], removed_idx, values = np.flatnonzero(~features), np.flatnonzero(features), x0
         else:
             channel_removed = np.all(features.reshape(-1, features.shape[-1]), axis=0)
@@ -203,19 +201,19 @@ def plan_removal(
         )
     for path in dead:
         if path in removed:
-            notes.append(f"{path}: removed {len(dead[path])} of {float_weights[path]['kernel'].shape[-1]} channels")
+            notes.append(f"{path}: removed {len(dead[path])} of {float_weights[path].kernel.shape[-1]} channels")
         else:
             notes.append(f"{path}: {len(dead[path])} dead channels kept: {reasons.get(path, 'unknown')}")
-    keep_out = {p: np.setdiff1d(np.arange(float_weights[p]["kernel"].shape[-1]), removed[p]) for p in removed}
+    keep_out = {p: np.setdiff1d(np.arange(float_weights[p].kernel.shape[-1]), removed[p]) for p in removed}
     return Removal(keep_out, keep_in, constants, notes)
 
 
-def _fold_constants(consumer, features, inputs, plan, weights) -> tuple[bool, str]:
+def _fold_constants(consumer, features, inputs, plan: KernelLayer) -> tuple[bool, str]:
     """Whether the constant values in ``features`` can fold exactly into the consumer's bias."""
     x = np.asarray(inputs)
     if not np.all(x[:, features] == x[:1, features]):
         return False, f"the values reaching {consumer} are not constant across examples"
-    if plan.kind == "dense":
+    if isinstance(plan, Dense):
         return True, ""
     per_channel = features.reshape(-1, features.shape[-1])
     full = np.all(per_channel, axis=0)
@@ -224,44 +222,42 @@ def _fold_constants(consumer, features, inputs, plan, weights) -> tuple[bool, st
     values = x[0].reshape(-1, x.shape[-1])[:, full]
     if np.any(values != values[:1]):
         return False, f"they are not spatially constant at {consumer}"
-    if np.any(values != 0) and any(p != (0, 0) for p in _pads(plan, x.shape)):
+    if np.any(values != 0) and any(p != (0, 0) for p in plan.config.explicit_padding(x.shape)):
         return False, f"{consumer} pads its input, so their nonzero constant cannot fold into its bias"
     return True, ""
 
 
-def _pads(plan, shape) -> list:
-    return layers._explicit_padding(shape, plan.conv)
+def _per_input(kernel: np.ndarray, plan: KernelLayer) -> np.ndarray:
+    """``(inputs, N)``: a kernel summed over everything but its input axis (a conv's window)."""
+    if isinstance(plan, Dense):
+        return kernel
+    return np.moveaxis(kernel, -2, 0).reshape(kernel.shape[-2], -1, kernel.shape[-1]).sum(1)
 
 
-def _member_sums(w: dict, kind: str, consts: Constants) -> None:
-    """Adds ``const_values`` and the per-value sums of the removed inputs' weights to ``w``, in place."""
+def with_constants(w, plan: KernelLayer, consts: Constants | None):
+    """``w`` with the removed constant inputs' values and per-value weight sums (computed before slicing)."""
     if consts is None or len(consts.values) == 0:
-        return
-    w["const_values"] = consts.values
-    if "kernel" in w:
-        k = w["kernel"]
-        per_input = k if kind == "dense" else np.moveaxis(k, -2, 0).reshape(k.shape[-2], -1, k.shape[-1]).sum(1)
-        w["const_kernelsum"] = np.stack([per_input[m].sum(0) for m in consts.members]).astype(np.float32)
+        return w
+    if isinstance(w, FloatKernel):
+        per_input, dtype = _per_input(w.kernel, plan), np.float32
     else:
-        codes = w["codes_t"].T if kind == "dense" else w["codes"]
-        codes = codes.astype(np.int32)
-        if "zero_point" in w:
-            codes = codes - w["zero_point"]
-        per_input = (
-            codes if kind == "dense" else np.moveaxis(codes, -2, 0).reshape(codes.shape[-2], -1, codes.shape[-1]).sum(1)
-        )
-        w["const_codesum"] = np.stack([per_input[m].sum(0) for m in consts.members]).astype(np.int32)
+        codes = (w.codes_t.T if isinstance(plan, Dense) else w.codes).astype(np.int32)
+        if getattr(w, "zero_point", None) is not None:
+            codes = codes - w.zero_point
+        per_input, dtype = _per_input(codes, plan), np.int32
+    sums = np.stack([per_input[m].sum(0) for m in consts.members]).astype(dtype)
+    return w.replace(const_values=consts.values, const_sums=sums)
 
 
 def slice_kernel(
-    a: np.ndarray, kind: str, keep_out: np.ndarray | None, keep_in: np.ndarray | None, *, broadcast: bool = False
+    a: np.ndarray, plan: KernelLayer, keep_out: np.ndarray | None, keep_in: np.ndarray | None, *, broadcast=False
 ) -> np.ndarray:
     """``a`` in kernel layout (Dense ``(K, N)``, Conv ``(*window, I, O)``) with the kept input and output channels.
 
     With ``broadcast``, an axis of size 1 (a per-tensor or per-channel scale
     shaped to broadcast against the kernel) is left as it is.
     """
-    in_axis = 0 if kind == "dense" else a.ndim - 2
+    in_axis = plan.in_axis(a.ndim)
     if keep_in is not None and not (broadcast and a.shape[in_axis] == 1):
         a = np.take(a, keep_in, axis=in_axis)
     if keep_out is not None and not (broadcast and a.shape[-1] == 1):
@@ -269,33 +265,25 @@ def slice_kernel(
     return np.ascontiguousarray(a)
 
 
-def reduce_weights(
-    candidates: dict[str, np.ndarray],
-    kind: str,
-    keep_out: np.ndarray | None,
-    keep_in: np.ndarray | None,
-    consts: Constants | None = None,
-) -> dict[str, np.ndarray]:
-    """A layer's candidate weights with removed channels sliced out (int8 or float form)."""
-    w = dict(candidates)
-    _member_sums(w, kind, consts)
+def reduced(w, plan: KernelLayer, keep_out, keep_in, consts: Constants | None = None):
+    """A new weight layout with the removed channels sliced out (any form)."""
+    w = with_constants(w, plan, consts)
     out = slice(None) if keep_out is None else keep_out
-    if "kernel" in w:
-        w["kernel"] = slice_kernel(w["kernel"], kind, keep_out, keep_in)
-    else:
-        # Dense codes are stored transposed (codes_t, (N, K)); slice them in kernel layout.
-        key = "codes_t" if kind == "dense" else "codes"
-        codes = slice_kernel(w[key].T if kind == "dense" else w[key], kind, keep_out, keep_in)
-        if "colsum" in w:
-            w["colsum"] = layers.column_sums(codes)
-        w[key] = np.ascontiguousarray(codes.T) if kind == "dense" else codes
-        for name in ("scale", "zero_point", "group_scale", "group_zero_point"):
-            if name in w:
-                w[name] = np.ascontiguousarray(w[name][..., out])
-    for name in ("bias", "const_kernelsum", "const_codesum"):
-        if name in w:
-            w[name] = np.ascontiguousarray(w[name][..., out])
-    return w
+    changes = {}
+    for field in dataclasses.fields(w):
+        a = getattr(w, field.name)
+        if a is None or field.name in ("const_values", "colsum"):
+            continue
+        if field.name in ("kernel", "codes"):
+            changes[field.name] = slice_kernel(a, plan, keep_out, keep_in)
+        elif field.name == "codes_t":  # Dense codes are stored transposed; sliced in kernel layout
+            changes[field.name] = np.ascontiguousarray(slice_kernel(a.T, plan, keep_out, keep_in).T)
+        else:  # per output channel: scale, zero point, bias, group scales, constant sums
+            changes[field.name] = np.ascontiguousarray(a[..., out])
+    if getattr(w, "colsum", None) is not None:
+        codes = changes["codes"] if "codes" in changes else changes["codes_t"].T
+        changes["colsum"] = layers.column_sums(codes)
+    return w.replace(**changes)
 
 
 def verify(reduced: Callable, full: Callable, example: jax.Array, *, rtol: float) -> str | None:

@@ -1,8 +1,8 @@
 """The exported inference program: the user's Flax model, its layers swapped by plan.
 
 The program is the unmodified ``model.apply`` run under
-``flax.linen.intercept_methods``: each planned Dense/Conv call is replaced by
-:mod:`jaxcompress.export.layers` (integer or float) reading its weights from the
+``flax.linen.intercept_methods``: each planned Dense/Conv call is replaced by its
+layer plan (``layers.py``, integer or float) reading its weights from the
 program's *arguments*; a BatchNorm folded into the layer before it becomes the
 identity; every other module runs as written on the float variables, also
 passed as arguments. No weight is baked into the program as a constant.
@@ -20,51 +20,44 @@ import numpy as np
 
 from jaxcompress._src.export import layers
 
-__all__ = ["LayerPlan", "Program", "probe_calls"]
-
-
-class LayerPlan(NamedTuple):
-    """How one module call is executed in the exported program."""
-
-    kind: str  # "dense" | "conv" | "identity" (a folded BatchNorm) | "module" (the model's own code)
-    integer: bool = True  # int8 x int8 -> int32 (else float with dequantized weights)
-    spec: layers.InputSpec | None = None  # input quantization (None: float input)
-    conv: layers.ConvConfig | None = None
-    out_spec: layers.InputSpec | None = None  # output fake quantization (None: none)
+__all__ = ["Program", "probe_calls", "run_planned"]
 
 
 class Program(NamedTuple):
-    """``model.apply`` with planned layers swapped; ``fn(weights, x) -> y``."""
+    """``model.apply`` with planned calls swapped; ``fn(weights, x) -> y``.
+
+    ``weights`` is ``{"layers": {path: arrays of the plan's weight form},
+    "variables": the variables the model's own code still reads}``.
+    """
 
     model: nn.Module
-    plans: dict[str, LayerPlan]
+    plans: dict[str, layers.Plan]
     apply_kwargs: dict[str, Any]
 
     def __call__(self, weights: dict[str, Any], x: jax.Array) -> jax.Array:
         layer_weights = weights["layers"]
 
         def layer(path, plan, next_fun, args, kwargs):
-            inputs = args[0]
-            if plan.kind == "module":
-                if plan.spec is not None:
-                    args = (layers.fake_quantize_input(inputs, plan.spec).astype(inputs.dtype), *args[1:])
-                out = next_fun(*args, **kwargs)
-            elif plan.kind == "dense":
-                out = layers.dense(inputs, layer_weights[path], plan.spec, integer=plan.integer)
-            else:
-                out = layers.conv(inputs, layer_weights[path], plan.spec, plan.conv, integer=plan.integer)
-            if plan.out_spec is not None:
-                out = layers.fake_quantize_input(out, plan.out_spec).astype(out.dtype)
-            return out
+            if not isinstance(plan, layers.ModelCode):
+                return plan(args[0], layer_weights[path])
+            if plan.spec is not None:
+                args = (layers.fake_quantize(args[0], plan.spec).astype(args[0].dtype), *args[1:])
+            out = next_fun(*args, **kwargs)
+            return out if plan.out_spec is None else layers.fake_quantize(out, plan.out_spec).astype(out.dtype)
 
         return run_planned(self.model, weights["variables"], x, self.apply_kwargs, self.plans, layer)
 
 
 def run_planned(
-    model: nn.Module, variables: Any, x: Any, apply_kwargs: dict[str, Any], plans: dict[str, LayerPlan], layer: Callable
+    model: nn.Module,
+    variables: Any,
+    x: Any,
+    apply_kwargs: dict[str, Any],
+    plans: dict[str, layers.Plan],
+    layer: Callable,
 ) -> Any:
-    """``model.apply`` with each planned call swapped: a folded BatchNorm ("identity") returns
-    its input, any other plan runs ``layer(path, plan, next_fun, args, kwargs)``."""
+    """``model.apply`` with each planned call swapped: a folded BatchNorm returns its input,
+    any other plan runs ``layer(path, plan, next_fun, args, kwargs)``."""
 
     def interceptor(next_fun, args, kwargs, context):
         if context.method_name != "__call__":
@@ -73,7 +66,7 @@ def run_planned(
         plan = plans.get(path)
         if plan is None:
             return next_fun(*args, **kwargs)
-        if plan.kind == "identity":
+        if isinstance(plan, layers.FoldedBatchNorm):
             return args[0]
         return layer(path, plan, next_fun, args, kwargs)
 
@@ -129,8 +122,8 @@ def batchnorm_pairs(calls: list[Call]) -> dict[str, str]:
 
 def batchnorm_affine(bn: nn.BatchNorm, variables: Any, path: str) -> tuple[np.ndarray, np.ndarray]:
     """``(mul, add)`` with ``bn(x) = x * mul + add`` in inference mode."""
-    node_params = _lookup(variables.get("params", {}), path) or {}
-    stats = _lookup(variables.get("batch_stats", {}), path)
+    node_params = lookup(variables.get("params", {}), path) or {}
+    stats = lookup(variables.get("batch_stats", {}), path)
     if stats is None:
         raise ValueError(f"BatchNorm {path!r} has no batch_stats in `variables`; pass the model's full variables.")
     mean = np.asarray(stats["mean"], np.float32)
@@ -144,7 +137,7 @@ def batchnorm_affine(bn: nn.BatchNorm, variables: Any, path: str) -> tuple[np.nd
     return mul.astype(np.float32), add.astype(np.float32)
 
 
-def _lookup(tree: Any, path: str) -> Any:
+def lookup(tree: Any, path: str) -> Any:
     node = tree
     for key in path.split("/"):
         if not isinstance(node, dict) or key not in node:
