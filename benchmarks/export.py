@@ -33,6 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from common import machine, mnist_dir
 
 import jaxcompress as jc
 from jaxcompress._src.export import program
@@ -93,7 +94,7 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
     if args.quick:
         args.epochs, args.qat_epochs, args.prune_epochs, args.runs = 0.05, 0.02, 0.05, 5
-    data = jc.data.mnist()
+    data = jc.data.mnist(mnist_dir())
     steps = lambda e: max(1, round(e * len(data.x_train) / 128))
     x_bench = jnp.asarray(data.x_test[: args.batch])
     tmp = tempfile.mkdtemp(prefix="jaxcompress-export-bench-")
@@ -167,7 +168,7 @@ def main(argv=None) -> dict:
     results["max_logit_diff_by_recipe"] = {k: report[k]["max_logit_diff"] for k in agreements}
     results["activations"] = args.activations
     results["batch"] = args.batch
-    results["load_average_1m"] = os.getloadavg()[0]
+    results.update(machine())
     print(json.dumps(report, indent=1), file=sys.stderr)
     print(json.dumps(results))
     return results

@@ -5,20 +5,21 @@ about 2, ``--skip-accuracy`` for the timings alone in under a minute)::
 
     python benchmarks/pruning.py [--quick] [--skip-accuracy] [--lenet300-epochs N] ...
 
+MNIST comes from ``$JAXCOMPRESS_MNIST_DIR`` (default ``../shared/data/mnist``).
 Everything is measured side by side in one process, on LeNet-300-100
 (784-300-100-10) and the Caffe LeNet-5 (431K weights), batch 128, jitted:
 
 * ``mask_refresh_over_float_step``: one global magnitude-mask refresh over all
   kernels (score, exact sort-free threshold, bit packing) / one float training
   step (Adam). Warm-up, then the median of interleaved runs; the worse model.
-* ``masked_step_over_float_step``: a training step through
-  ``jc.optim.with_compression`` with the masks enforced (no refresh on that
-  step) / the float step; the worse model. It is the step ``train.fit`` runs
-  between refreshes (``steady=True``: no refresh branch in the program); the
-  same step with the refresh decided by a traced ``lax.cond`` (what a single
-  program serving every step costs) is reported per model as
-  ``*_masked_step_with_traced_refresh_over_float_step``.
-* ``mask_state_bytes_over_param_bytes``: bytes of ``MagnitudeState`` / bytes of
+* ``masked_step_over_float_step``: the README's plain training step (loss on
+  ``recipe.apply(params, cstate)``, ``tx.update`` of
+  ``jc.optim.with_compression``, ``optax.apply_updates``; the mask refresh
+  under its ``lax.cond``, not taken) / the float step; the worse model. Its
+  parts are timed beside it per model: the same step with masks frozen (no
+  refresh cond in the program), and with neither the cond nor the forward
+  pass's re-masking select.
+* ``mask_state_bytes_over_param_bytes``: bytes of the pruner's state / bytes of
   all params; the worse model.
 * ``lenet300_mnist_error_delta_pts``: test error after gradual (cubic) magnitude
   pruning to ``lenet300_mnist_sparsity`` of all kernels, with fine-tuning, minus
@@ -28,8 +29,8 @@ Everything is measured side by side in one process, on LeNet-300-100
 * ``nm24_lenet5_error_delta_pts``: the same for 2:4 sparsity (every kernel but
   the first conv, whose single input channel cannot form groups of 4) on LeNet-5.
 
-The last printed line is one JSON object. Ratios are taken in one process but
-still move with other load on the machine (``load_average_1min`` records it):
+The last printed line is one JSON object, with the machine (CPU flags, load).
+Ratios are taken in one process but still move with other load on the machine:
 on a shared 2-core machine rerun at a quiet moment before comparing figures.
 """
 
@@ -38,7 +39,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 import time
 from typing import Any
@@ -47,6 +47,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from common import interleaved, log, machine, mnist_dir
 
 import jaxcompress as jc
 from jaxcompress import data, models, train
@@ -55,19 +56,37 @@ from jaxcompress._src.prune import threshold
 BATCH = 128
 
 
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
 def nbytes(tree: Any) -> int:
     return sum(int(np.asarray(x).nbytes) for x in jax.tree.leaves(tree))
+
+
+def frozen(recipe: jc.Transform) -> jc.Transform:
+    """``recipe`` with its masks frozen: ``update`` leaves the state alone (no refresh cond in the program)."""
+    return jc.Transform(recipe.init, lambda params, state, grads=None, **extra: state, recipe.apply)
+
+
+def plain_step(model, tx, forward):
+    """The README's loop body, with the forward view of the params given by ``forward(params, cstate)``."""
+
+    @jax.jit
+    def step(params, opt_state, x, y):
+        cstate = jc.optim.compression_state(opt_state)
+
+        def loss(p):
+            logits = model.apply({"params": forward(p, cstate)}, x)
+            return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, y))
+
+        updates, opt_state = tx.update(jax.grad(loss)(params), opt_state, params)
+        return optax.apply_updates(params, updates), opt_state
+
+    return step
 
 
 # ----------------------------------------------------------------------------- timing
 
 
 def time_model(name: str, model, x: np.ndarray, y: np.ndarray, rounds: int) -> dict[str, float]:
-    """Float step, masked step and global mask refresh, interleaved; medians in microseconds."""
+    """Float step, masked steps and global mask refresh, interleaved; medians in microseconds."""
     params = model.init(jax.random.key(0), x[:1])["params"]
     apply_fn = lambda p, xb: model.apply({"params": p}, xb)
 
@@ -77,34 +96,25 @@ def time_model(name: str, model, x: np.ndarray, y: np.ndarray, rounds: int) -> d
 
     recipe = jc.prune.magnitude(0.9, scope="global")  # one-shot at the first update
     masked_tx = jc.optim.with_compression(optax.adam(1e-3), recipe)
-    masked_step = train.make_train_step(apply_fn, masked_tx, recipe)
-    masked_params, masked_state, _ = masked_step(params, masked_tx.init(params), x, y)  # the refresh happens here
-    # masked_state now has count 1: every timed call enforces the masks without
-    # refreshing. train.fit runs such steps as the steady program (no refresh
-    # branch); the program with the traced refresh cond is timed too.
-    assert not recipe.refreshes_at(1)
+    masked_step = plain_step(model, masked_tx, recipe.apply)
+    masked_params, masked_state = masked_step(params, masked_tx.init(params), x, y)  # the refresh happens here
+    # masked_state now has count 1: every timed call enforces the masks; the refresh cond is not taken.
+    still = frozen(recipe)
+    frozen_tx = jc.optim.with_compression(optax.adam(1e-3), still)
+    frozen_step = plain_step(model, frozen_tx, still.apply)
+    unmasked_step = plain_step(model, frozen_tx, lambda p, c: p)  # params already zero outside the masks
 
     refresh_state = recipe.init(params)  # count 0: every timed call refreshes
     refresh = jax.jit(lambda p, s: recipe.update(p, s).masks)
 
     calls = {
         "float_step": lambda: float_step(params, float_state, x, y),
-        # The same float step on the pruned params: XLA:CPU runs it a few % faster than on dense ones.
-        "float_step_on_pruned": lambda: float_step(masked_params, float_state, x, y),
-        "masked_step": lambda: masked_step(masked_params, masked_state, x, y, steady=True),
-        "masked_step_traced_refresh": lambda: masked_step(masked_params, masked_state, x, y),
+        "masked_step": lambda: masked_step(masked_params, masked_state, x, y),
+        "masked_step_frozen_masks": lambda: frozen_step(masked_params, masked_state, x, y),
+        "masked_step_frozen_unmasked_forward": lambda: unmasked_step(masked_params, masked_state, x, y),
         "mask_refresh": lambda: refresh(params, refresh_state),
     }
-    for call in calls.values():  # compile and warm up
-        for _ in range(20):
-            jax.block_until_ready(call())
-    times: dict[str, list[float]] = {k: [] for k in calls}
-    for _ in range(rounds):
-        for key, call in calls.items():
-            start = time.perf_counter()
-            jax.block_until_ready(call())
-            times[key].append(time.perf_counter() - start)
-    med = {k: float(np.median(v)) * 1e6 for k, v in times.items()}
+    med = {k: v * 1e6 for k, v in interleaved(calls, rounds).items()}
 
     kernels = [leaf for path, leaf in jc.paths.flatten(params)[0].items() if leaf.ndim >= 2]
     n = jnp.array([round(0.9 * sum(k.size for k in kernels))])
@@ -116,18 +126,15 @@ def time_model(name: str, model, x: np.ndarray, y: np.ndarray, rounds: int) -> d
 
     passes = jax.jit(search_passes)(kernels)
     state_bytes = nbytes(recipe.init(params))
+    ratio = lambda key: round(med[key] / med["float_step"], 3)
     result = {
         f"{name}_float_step_us": round(med["float_step"], 1),
         f"{name}_masked_step_us": round(med["masked_step"], 1),
         f"{name}_mask_refresh_us": round(med["mask_refresh"], 1),
-        f"{name}_mask_refresh_over_float_step": round(med["mask_refresh"] / med["float_step"], 3),
-        f"{name}_masked_step_over_float_step": round(med["masked_step"] / med["float_step"], 3),
-        f"{name}_masked_step_over_float_step_on_pruned_params": round(
-            med["masked_step"] / med["float_step_on_pruned"], 3
-        ),
-        f"{name}_masked_step_with_traced_refresh_over_float_step": round(
-            med["masked_step_traced_refresh"] / med["float_step"], 3
-        ),
+        f"{name}_mask_refresh_over_float_step": ratio("mask_refresh"),
+        f"{name}_masked_step_over_float_step": ratio("masked_step"),
+        f"{name}_masked_step_frozen_masks_over_float_step": ratio("masked_step_frozen_masks"),
+        f"{name}_masked_step_frozen_unmasked_forward_over_float_step": ratio("masked_step_frozen_unmasked_forward"),
         f"{name}_mask_state_bytes_over_param_bytes": round(state_bytes / nbytes(params), 4),
         f"{name}_refresh_search_passes": int(passes),
         f"{name}_pruned_weights": int(sum(k.size for k in kernels)),
@@ -246,10 +253,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         args.lenet300_epochs, args.lenet300_prune_epochs, args.lenet300_seeds = 4, 4, 1
         args.lenet5_epochs, args.lenet5_prune_epochs = 2, 2
 
-    ds = data.mnist()
+    ds = data.mnist(mnist_dir())
     x, y = ds.x_train[:BATCH], ds.y_train[:BATCH]
     result: dict[str, Any] = {}
-    load_before = os.getloadavg()[0]
+    before = machine()
     timings = {**time_model("lenet300", models.lenet300_100(), x, y, args.rounds)}
     timings.update(time_model("lenet5", models.LeNet5(), x, y, args.rounds))
     for key in ("mask_refresh_over_float_step", "masked_step_over_float_step", "mask_state_bytes_over_param_bytes"):
@@ -259,12 +266,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         result.update(lenet5_nm_accuracy(ds, args))
     result.update(timings)
     result.update(
-        device=jax.devices()[0].device_kind,
-        jax=jax.__version__,
         batch=BATCH,
         timing_rounds=args.rounds,
         quick=bool(args.quick),
-        load_average_1min=[round(load_before, 2), round(os.getloadavg()[0], 2)],  # other processes on this machine
+        **machine(),
+        load_average_1min_before=before["load_average_1min"],  # other processes on this machine
     )
     return result
 

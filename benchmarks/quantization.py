@@ -37,13 +37,13 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from common import log, machine, mnist_dir
 
 import jaxcompress as jc
 from jaxcompress import data
@@ -60,7 +60,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--lsq-steps", type=int, default=800)
     p.add_argument("--kmeans-steps", type=int, default=600)
     p.add_argument("--calib-batches", type=int, default=8)
-    p.add_argument("--calibration", default="percentile", choices=jc.quant.calibration.METHODS)
+    p.add_argument("--calibration", default="percentile", choices=("minmax", "ema", "percentile", "mse"))
     p.add_argument("--timing-rounds", type=int, default=15)
     p.add_argument("--timing-steps", type=int, default=5)
     p.add_argument("--lr", type=float, default=1e-3)
@@ -74,13 +74,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    ds = data.mnist()
+    ds = data.mnist(mnist_dir())
     model = LeNet5()
     params = model.init(jax.random.key(args.seed), jnp.zeros((1, 28, 28, 1)))["params"]
     stream = data.batches(ds.x_train, ds.y_train, BATCH, seed=args.seed)
@@ -225,7 +221,7 @@ def main(argv=None) -> dict:
     )
     codebooks = {
         p: int(np.unique(np.asarray(iw.dequantize())).size)
-        for p, iw in kmeans_recipe.integer(kmeans_params, kmeans_state).items()
+        for p, iw in jc.integer_weights(kmeans_recipe, kmeans_params, kmeans_state).items()
         if iw.codebook is not None
     }
 
@@ -241,7 +237,7 @@ def main(argv=None) -> dict:
         "qat_step_ms": round(1e3 * statistics.median(qat_times), 1),
         "kmeans_distinct_values_per_fc_layer": codebooks,
         "settings": {k: v for k, v in vars(args).items()},
-        "device": jax.devices()[0].device_kind,
+        **machine(),
     }
     print(json.dumps(result))
     return result

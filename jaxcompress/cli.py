@@ -18,6 +18,7 @@ def _demo(args: argparse.Namespace) -> int:
         seed=args.seed,
         out_dir=args.out,
         progress=not args.no_progress,
+        dispatch=args.dispatch,
     )
     start = time.perf_counter()
     result = demo.run(config)
@@ -46,6 +47,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="directory for the weight files (default: a new temp dir)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    p.add_argument(
+        "--dispatch",
+        choices=("measure", "int8", "float"),
+        default="measure",
+        help="per-layer int8 or float in the exported program: timed on this machine (default), or forced",
+    )
     p.set_defaults(func=_demo)
     args = parser.parse_args(argv)
     try:

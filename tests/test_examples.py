@@ -18,6 +18,6 @@ def load(name: str):
 
 
 def test_quickstart(tmp_path):
-    out = load("quickstart").main(["--steps", "150", "--out", str(tmp_path / "q.jcx"), "--dispatch", "int8"])
+    out = load("quickstart").main(["--steps", "80", "--out", str(tmp_path / "q.jcx"), "--dispatch", "int8"])
     assert out["deployed_accuracy"] > 0.8
     assert out["artifact_bytes"] == (tmp_path / "q.jcx").stat().st_size

@@ -56,7 +56,7 @@ def trained():
     tx = jc.optim.with_compression(adam(3e-3), recipe)
     apply_fn = lambda p, x: model.apply({"params": p}, x)
     stream = jc.data.batches(ds.x_train, ds.y_train, 64)
-    params, opt_state, _ = jc.train.fit(apply_fn, params, tx, stream, 150, recipe=recipe)
+    params, opt_state, _ = jc.train.fit(apply_fn, params, tx, stream, 100, recipe=recipe)
     return model, {"params": params}, recipe, jc.optim.compression_state(opt_state), ds
 
 

@@ -299,5 +299,6 @@ def compress(recipe: Recipe, params: Params, grads: Params | None = None) -> tup
     """
     check_recipe(recipe)
     state = recipe.init(params)
-    state = recipe.update(params, state, grads)
-    return recipe.apply(params, state), state
+    # One compiled program for the update and one for apply, not op-by-op dispatch.
+    state = jax.jit(recipe.update)(params, state, grads)
+    return jax.jit(recipe.apply)(params, state), state

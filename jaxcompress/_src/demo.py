@@ -37,6 +37,7 @@ class DemoConfig:
     seed: int = 0
     out_dir: str | None = None
     progress: bool = True
+    dispatch: str = "measure"  # per-layer int8 or float choice of the export (see jc.export.export)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,7 +114,7 @@ def run(config: DemoConfig = DemoConfig()) -> DemoResult:
     with open(float_path, "wb") as f:
         np.savez(f, **{p: np.asarray(w, np.float32) for p, w in flat_float.items()})
     exported = export.export(
-        model, {"params": params}, recipe, cstate, ds.x_test, description="digits MLP demo", dispatch="measure"
+        model, {"params": params}, recipe, cstate, ds.x_test, description="digits MLP demo", dispatch=config.dispatch
     )
     comp_bytes = exported.save(comp_path)
     loaded = export.load(comp_path)

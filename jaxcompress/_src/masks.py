@@ -14,6 +14,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 __all__ = ["PackedMask", "pack", "unpack"]
 
@@ -53,6 +54,7 @@ def _rows_cols(shape: tuple[int, ...]) -> tuple[int, int]:
     return math.prod(shape[:-1]), shape[-1]
 
 
+@jax.jit  # one program per shape when called eagerly (inlined under an outer jit)
 def pack(mask: jax.Array) -> PackedMask:
     """Packs a boolean mask."""
     shape = tuple(mask.shape)
@@ -60,8 +62,8 @@ def pack(mask: jax.Array) -> PackedMask:
     keep = jnp.reshape(mask.astype(jnp.bool_), (rows, cols))
     # Bit i of byte r holds row 8r + i (little bit order, as jnp.packbits). Eight
     # strided slices OR-ed together fuse into one loop with the mask's producer
-    # (jnp.packbits' reduction over a size-8 axis is about twice as slow on
-    # CPU). Short slices are padded each, not the mask: a padded mask is stored.
+    # (jnp.packbits' reduction over a size-8 axis does not; benchmarks/README.md).
+    # Short slices are padded each, not the mask: a padded mask is stored.
     n_bytes = -(-rows // 8)
     bits = jnp.zeros((n_bytes, cols), jnp.uint8)
     for i in range(8):
@@ -71,6 +73,7 @@ def pack(mask: jax.Array) -> PackedMask:
     return PackedMask(bits, shape)
 
 
+@jax.jit
 def unpack(packed: PackedMask) -> jax.Array:
     """Unpacks to a boolean mask of the original shape."""
     rows, cols = _rows_cols(packed.shape)
@@ -83,5 +86,8 @@ def unpack(packed: PackedMask) -> jax.Array:
 
 
 def ones(shape: tuple[int, ...]) -> PackedMask:
-    """A mask that keeps everything."""
-    return pack(jnp.ones(shape, jnp.bool_))
+    """A mask that keeps everything (the bits :func:`pack` gives an all-True mask, built without compiling)."""
+    shape = tuple(int(d) for d in shape)
+    rows, cols = _rows_cols(shape)
+    bits = np.packbits(np.ones((rows, cols), np.bool_), axis=0, bitorder="little")
+    return PackedMask(jnp.asarray(bits), shape)

@@ -191,10 +191,11 @@ def set_(
       A :class:`jaxcompress.Transform` whose state is :class:`DSTState`.
 
     Example:
-      >>> import jax.numpy as jnp, jaxcompress as jc
+      >>> import jax, jax.numpy as jnp, jaxcompress as jc
       >>> t = jc.prune.set_(0.75, frequency=1)
       >>> params = {"w": jnp.arange(1.0, 17.0).reshape(4, 4)}
-      >>> state = t.update(params, t.update(params, t.init(params)))
+      >>> update = jax.jit(t.update)
+      >>> state = update(params, update(params, t.init(params)))
       >>> int(jc.masks_of(state)["w"].unpack().sum())
       4
 
@@ -245,13 +246,13 @@ def rigl(
       ``update`` needs ``grads``.
 
     Example:
-      >>> import jax.numpy as jnp, jaxcompress as jc
+      >>> import jax, jax.numpy as jnp, jaxcompress as jc
       >>> t = jc.prune.rigl(0.5, end=10, frequency=1, drop_fraction=0.5, init_mask="magnitude")
       >>> params = {"w": jnp.array([[1.0, 2.0], [3.0, 4.0]])}
       >>> grads = {"w": jnp.array([[9.0, 0.0], [0.0, 8.0]])}
-      >>> state = t.init(params)
+      >>> state, update = t.init(params), jax.jit(t.update)
       >>> for _ in range(2):
-      ...     state = t.update(params, state, grads)
+      ...     state = update(params, state, grads)
       >>> jc.masks_of(state)["w"].unpack().tolist()
       [[True, False], [False, True]]
 

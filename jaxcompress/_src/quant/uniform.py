@@ -22,6 +22,7 @@ References:
 
 from __future__ import annotations
 
+import functools
 import zlib
 from typing import Any, NamedTuple
 
@@ -83,17 +84,30 @@ def quantize_leaf(
     )
 
 
-def _quantize_argument(x, bits, symmetric, signed, granularity, narrow, key) -> IntegerWeights:
+def _checked_arguments(x, bits, symmetric, signed, granularity, narrow) -> tuple[jax.Array, dict]:
     granularity = gran_lib.as_granularity(granularity)
     granularity.check(jnp.shape(x), where="`x`")
     bits = check_bits(bits)
     check_bool(symmetric, argument="symmetric")
     check_bool(signed, argument="signed")
-    narrow = symmetric and signed if narrow is None else narrow
+    narrow = symmetric and signed if narrow is None else check_bool(narrow, argument="narrow")
     x = jnp.asarray(x)
     if not jnp.issubdtype(x.dtype, jnp.floating):
         raise TypeError(f"`x` must be a floating-point array, got dtype {x.dtype}.")
-    return quantize_leaf(x, bits, symmetric=symmetric, signed=signed, narrow=narrow, granularity=granularity, key=key)
+    return x, dict(bits=bits, symmetric=symmetric, signed=signed, narrow=narrow, granularity=granularity)
+
+
+_STATIC = ("bits", "symmetric", "signed", "narrow", "granularity")
+
+
+@functools.partial(jax.jit, static_argnames=_STATIC)  # one program, not op-by-op dispatch, when called eagerly
+def _fake_quant(x, key, **static):
+    return quantize_leaf(x, key=key, **static).dequantize().astype(x.dtype)
+
+
+@functools.partial(jax.jit, static_argnames=_STATIC)
+def _quantize(x, key, **static):
+    return quantize_leaf(x, key=key, **static).stored()
 
 
 def fake_quant(
@@ -128,8 +142,8 @@ def fake_quant(
       >>> quant.fake_quant(x, 2, symmetric=False, granularity="tensor").tolist()
       [[-0.5, 0.0, 1.0, 1.0]]
     """
-    iw = _quantize_argument(x, bits, symmetric, signed, granularity, narrow, key)
-    return iw.dequantize().astype(jnp.asarray(x).dtype)
+    x, static = _checked_arguments(x, bits, symmetric, signed, granularity, narrow)
+    return _fake_quant(x, key, **static)
 
 
 def quantize(
@@ -154,7 +168,8 @@ def quantize(
       >>> iw.codes.tolist(), int(iw.zero_point[0, 0]), iw.dequantize().tolist()
       ([[0, 1, 3]], 1, [[-1.0, 0.0, 2.0]])
     """
-    return _quantize_argument(x, bits, symmetric, signed, granularity, narrow, key).stored()
+    x, static = _checked_arguments(x, bits, symmetric, signed, granularity, narrow)
+    return _quantize(x, key, **static)
 
 
 def leaf_key(key: jax.Array, path: str) -> jax.Array:
