@@ -12,6 +12,8 @@ from collections.abc import Callable
 import jax
 import numpy as np
 
+from jaxcompress import data
+
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
 
@@ -43,9 +45,9 @@ def machine() -> dict:
 
 def mnist_dir() -> str:
     """``$JAXCOMPRESS_MNIST_DIR``, else this checkout's ``../shared/data/mnist``."""
-    found = os.environ.get("JAXCOMPRESS_MNIST_DIR") or str(REPO.parent / "shared" / "data" / "mnist")
-    if not pathlib.Path(found, "t10k-labels-idx1-ubyte.gz").exists():
-        raise SystemExit(f"MNIST not found in {found!r}: set JAXCOMPRESS_MNIST_DIR to a directory of the IDX files.")
+    found = os.environ.get(data.MNIST_ENV) or str(REPO.parent / "shared" / "data" / "mnist")
+    if not pathlib.Path(found, data.MNIST_FILES["y_test"]).exists():
+        raise SystemExit(f"MNIST not found in {found!r}: set {data.MNIST_ENV} to a directory of the IDX files.")
     return found
 
 

@@ -47,6 +47,7 @@ from common import log, machine, mnist_dir
 
 import jaxcompress as jc
 from jaxcompress import data
+from jaxcompress._src.quant.calibration import METHODS as CALIBRATION_METHODS
 from jaxcompress.models import LeNet5
 from jaxcompress.train import cross_entropy
 
@@ -60,7 +61,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--lsq-steps", type=int, default=800)
     p.add_argument("--kmeans-steps", type=int, default=600)
     p.add_argument("--calib-batches", type=int, default=8)
-    p.add_argument("--calibration", default="percentile", choices=("minmax", "ema", "percentile", "mse"))
+    p.add_argument("--calibration", default="percentile", choices=CALIBRATION_METHODS)
     p.add_argument("--timing-rounds", type=int, default=15)
     p.add_argument("--timing-steps", type=int, default=5)
     p.add_argument("--lr", type=float, default=1e-3)

@@ -8,6 +8,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+import jaxcompress as jc
+
 
 class ConvDenseNet(nn.Module):
     """Conv(8, 3x3) -> ReLU -> flatten -> Dense(hidden) -> ReLU -> Dense(10): a small model to export."""
@@ -69,10 +71,10 @@ def adamw(*args, **kwargs):
 def local_mnist() -> pathlib.Path | None:
     """This checkout's MNIST: ``$JAXCOMPRESS_MNIST_DIR``, else ``../shared/data/mnist`` beside the repo, else None."""
     candidates = [
-        os.environ.get("JAXCOMPRESS_MNIST_DIR"),
+        os.environ.get(jc.data.MNIST_ENV),
         pathlib.Path(__file__).resolve().parents[2] / "shared/data/mnist",
     ]
     for c in candidates:
-        if c and (pathlib.Path(c) / "t10k-labels-idx1-ubyte.gz").exists():
+        if c and (pathlib.Path(c) / jc.data.MNIST_FILES["y_test"]).exists():
             return pathlib.Path(c)
     return None
