@@ -24,11 +24,13 @@ class SmallCNN(nn.Module):
         return nn.Dense(10)(x)
 
 
-def fake_quant_reference(model, variables, x, **kwargs):
-    """Every Dense/Conv input on a dynamic symmetric int8 grid, written independently of jaxcompress."""
+def fake_quant_reference(model, variables, x, *, float_layers=(), **kwargs):
+    """Every Dense/Conv input on a dynamic symmetric int8 grid (but those of ``float_layers``, as they are),
+    written independently of jaxcompress."""
 
     def interceptor(next_fun, args, kw, context):
-        if context.method_name == "__call__" and isinstance(context.module, (nn.Dense, nn.Conv)):
+        dense_or_conv = isinstance(context.module, (nn.Dense, nn.Conv))
+        if context.method_name == "__call__" and dense_or_conv and "/".join(context.module.path) not in float_layers:
             a = args[0]
             s = jnp.max(jnp.abs(a)) / 127.0
             args = (jnp.clip(jnp.round(a / s), -127, 127) * s, *args[1:])
@@ -36,6 +38,11 @@ def fake_quant_reference(model, variables, x, **kwargs):
 
     with nn.intercept_methods(interceptor):
         return model.apply(variables, x, **kwargs)
+
+
+def float_layers(ex) -> set[str]:
+    """The layers an export computes in float32: their inputs are not quantized (the recipe trained none)."""
+    return {p for p, v in ex.report["layers"].items() if v["compute"] == "float32"}
 
 
 def fake_quantized_model(model, variables, recipe, cstate, x):
@@ -258,6 +265,23 @@ def test_report_names_layers_whose_inputs_the_recipe_left_in_float(trained):
     ex = jc.export.export(model, variables, recipe, recipe.init(variables["params"]), ds.x_test[:8], dispatch="int8")
     (note,) = ex.report["notes"]
     assert "Conv_0, Conv_1, Dense_0, Dense_1 in float" in note and "dynamically to int8" in note
+
+
+def test_float_layers_take_untrained_inputs_as_they_are(trained):
+    # Weights-only recipes: a float layer computes exactly the trained model; an int8 layer says it quantizes.
+    model, variables, _, _, ds = trained
+    x = ds.x_test[:16]
+    recipe = jc.chain(jc.prune.magnitude(0.5), jc.quant.kmeans(3, rule="Dense.*kernel"), jc.quant.int8(rule="Conv"))
+    _, cstate = jc.compress(recipe, variables["params"])
+    ex = jc.export.export(model, variables, recipe, cstate, x, dispatch={"Conv_0": "int8", "Conv_1": "float"})
+    report = ex.report["layers"]
+    for path in ("Conv_1", "Dense_0", "Dense_1"):
+        assert report[path]["compute"] == "float32" and report[path]["input_quantization"] is None, path
+    assert report["Conv_0"]["compute"] == "int8" and report["Conv_0"]["input_quantization"] == "dynamic symmetric int8"
+    compressed = {"params": recipe.apply(variables["params"], cstate)}
+    ref = fake_quant_reference(model, compressed, x, float_layers=float_layers(ex))
+    np.testing.assert_allclose(ex(x), ref, rtol=1e-4, atol=1e-4 * float(jnp.max(jnp.abs(ref))))
+    assert ex.report["description"] == "pruner (sparsity 0.5) -> kmeans -> uniform"
 
 
 def test_any_chain_order_exports_what_it_trains():

@@ -1,12 +1,14 @@
 """The .jcx artifact: round trip, storage, integrity, and a loader that needs only JAX."""
 
 import hashlib
+import json
 import pathlib
 import pickle
 import struct
 import subprocess
 import sys
 import textwrap
+import zlib
 
 import jax
 import numpy as np
@@ -46,27 +48,75 @@ def test_round_trip(built, saved):
     assert loaded.metadata["layers"]["Dense_0"]["compute"] == "int8"
 
 
-def test_packed_int4_and_sparse_storage(built):
+def test_storage_of_a_pruned_int4_layer_is_sparse_and_one_copy_per_layer(built, saved):
     ex, _, variables = built
     leaves = ex.report["leaves"]
-    dense = leaves["layers/Dense_0/codes_t"]
     n = variables["params"]["Dense_0"]["kernel"].size
-    assert dense["storage"] in ("int4 packed", "int4 sparse")
-    assert dense["bytes"] <= n // 2  # at most 4 bits per weight
-    assert dense["storage"] == "int4 sparse" and dense["bytes"] < n * (1 / 8 + 0.2 * 0.5 + 0.05)
-    conv = leaves["layers/Conv_0/kernel"]  # a float-path kernel is stored as codes + scales too
-    assert conv["storage"].startswith("int4 codes")
+    dense = leaves["Dense_0"]["parts"]
+    assert dense["codes"]["bytes"] == min(dense["codes"]["tried"].values())
+    assert not dense["codes"]["format"].startswith("dense")  # 80% pruned: a sparse format wins
+    assert dense["codes"]["bytes"] < n * 0.2 * (4 + 4) / 8  # under 8 bits per kept weight, index included
+    assert dense["scale"]["storage"] in ("float16", "float32")
+    conv = leaves["Conv_0"]  # a float-path kernel is stored as codes + scales too
+    assert set(conv["parts"]) == {"codes", "scale"}
     assert ex.report["weight_bytes"] == sum(v["bytes"] for v in leaves.values())
+    # the program's integer codes, column sums and scales are views of the stored codes: no bytes of their own
+    directory = {m["name"]: m for m in artifact.read_header(saved[0].read_bytes())[0]["arrays"]}
+    for name in ("layers/Dense_0/codes_t", "layers/Dense_0/colsum", "layers/Dense_0/scale", "layers/Conv_0/kernel"):
+        assert directory[name]["nbytes"] == 0, name
+
+
+def test_size_report_predicts_every_stored_section_byte_for_byte(built, tmp_path):
+    _, x, variables = built
+    model = ConvDenseNet(hidden=64)
+    recipe, cstate = built_recipe(variables)
+    predicted = jc.export.size_report(model, variables, recipe, cstate, x)
+    for dispatch in ("int8", "float"):
+        other = jc.export.export(model, variables, recipe, cstate, x, dispatch=dispatch)
+        path = tmp_path / f"{dispatch}.jcx"
+        other.save(path)
+        header, _ = artifact.read_header(path.read_bytes())
+        written = {m["name"]: m["nbytes"] for m in header["arrays"] if m["nbytes"]}
+        expected = {}
+        for key, leaf in predicted["leaves"].items():
+            if "parts" in leaf:  # a quantized layer: one stored entry per part
+                expected.update({f"stored:{key}/{what}": part["bytes"] for what, part in leaf["parts"].items()})
+            elif leaf["bytes"]:
+                expected[key] = leaf["bytes"]
+        assert written == expected
+        assert other.report["section_bytes"]["weights"] == predicted["weight_bytes"]
+        sections = other.report["section_bytes"]
+        assert sections["file"] == path.stat().st_size == sum(v for k, v in sections.items() if k != "file")
+
+
+def built_recipe(variables):
+    recipe = jc.chain(jc.prune.magnitude(0.8), jc.quant.symmetric(4))
+    return recipe, recipe.update(variables["params"], recipe.init(variables["params"]))
 
 
 @pytest.mark.parametrize("bits", [2, 3, 4, 5, 8])
-def test_code_packing_is_lossless(bits):
+def test_code_storage_is_lossless(bits):
     rng = np.random.default_rng(bits)
     codes = rng.integers(-(2 ** (bits - 1)), 2 ** (bits - 1), (37, 11)).astype(np.int8)
     codes[rng.random(codes.shape) < 0.9] = 0
-    meta, blob = artifact.encode_codes(codes, bits, signed=True)
+    offset = 2 ** (bits - 1)
+    meta, blob, how = artifact.encode_codes(codes, offset, background=offset)
     np.testing.assert_array_equal(artifact._decode(meta, blob, {}), codes)
-    assert len(blob) <= -(-codes.size * bits // 8)
+    assert len(blob) == min(how["tried"].values()) <= -(-codes.size * bits // 8)
+
+
+def test_statistics_are_stored_at_their_smallest_exact_width():
+    exact = np.array([0.5, 0.25, 3.0], np.float32)
+    meta, blob = artifact.encode_raw(exact)
+    assert meta["dtype"] == "float16" and len(blob) == 6
+    np.testing.assert_array_equal(artifact._decode(meta, blob, {}), exact)
+    inexact = np.array([0.1, 1 / 3], np.float32)
+    meta, blob = artifact.encode_raw(inexact)
+    assert meta["dtype"] == "float32"
+    np.testing.assert_array_equal(artifact._decode(meta, blob, {}), inexact)
+    zp = np.array([-3, 100, 7], np.int32)
+    meta, blob = artifact.encode_raw(zp)
+    assert meta["dtype"] == "int8" and artifact._decode(meta, blob, {}).dtype == np.int32
 
 
 def test_truncated_file(saved):
@@ -93,7 +143,7 @@ def test_wrong_version_and_magic(saved):
     body = bytearray(data[:-32])
     struct.pack_into("<I", body, 8, 99)
     path.write_bytes(bytes(body) + hashlib.sha256(body).digest())
-    with pytest.raises(ValueError, match="format version 99; this jaxcompress reads version 1"):
+    with pytest.raises(ValueError, match="format version 99; this jaxcompress reads version 2"):
         jc.export.load(path)
     path.write_bytes(b"PK\x03\x04" + bytes(100))
     with pytest.raises(ValueError, match="not a jaxcompress artifact"):
@@ -108,11 +158,9 @@ def test_inconsistent_header_with_valid_checksum(saved):
     data = path.read_bytes()
     header, _ = artifact.read_header(data)
     header["arrays"][0]["shape"] = [3, 3]
-    payload = data[20 + struct.unpack_from("<Q", data, 12)[0] : -32]
-    import json
-
-    head = json.dumps(header, sort_keys=True).encode()
-    body = struct.pack("<8sIQ", b"JAXCMPRS", 1, len(head)) + head + payload
+    payload = data[16 + struct.unpack_from("<I", data, 12)[0] : -32]
+    head = zlib.compress(json.dumps(header).encode())
+    body = struct.pack("<8sII", b"JAXCMPRS", 2, len(head)) + head + payload
     path.write_bytes(body + hashlib.sha256(body).digest())
     with pytest.raises(ValueError, match="array"):
         jc.export.load(path)
@@ -135,8 +183,23 @@ def test_save_is_atomic(built, tmp_path):
     path = tmp_path / "model.jcx"
     path.write_bytes(b"previous artifact")
     ex.save(path)
-    assert not path.with_name("model.jcx.tmp").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["model.jcx"]  # no temporary file left behind
     jc.export.load(path)
+
+
+def test_a_failed_save_keeps_the_previous_file_and_leaves_no_temporary(built, tmp_path, monkeypatch):
+    ex, _, _ = built
+    path = tmp_path / "model.jcx"
+    path.write_bytes(b"previous artifact")
+
+    def fail(*args):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(artifact.os, "replace", fail)
+    with pytest.raises(OSError, match="disk full"):
+        ex.save(path)
+    assert path.read_bytes() == b"previous artifact"
+    assert [p.name for p in tmp_path.iterdir()] == ["model.jcx"]
 
 
 def test_loads_with_only_jax_and_numpy(saved, built):

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from helpers import ConvDenseNet
-from test_export import fake_quant_reference
+from test_export import fake_quant_reference, float_layers
 
 import jaxcompress as jc
 
@@ -81,7 +81,8 @@ def test_export_matches_fake_quant_and_round_trips(setup, form, tmp_path):
     recipe = scripted_quantizer(form)
     state = recipe.init(variables["params"])
     ex = jc.export.export(model, variables, recipe, state, x, dispatch="int8")
-    ref = fake_quant_reference(model, {"params": recipe.apply(variables["params"], state)}, x)
+    compressed = {"params": recipe.apply(variables["params"], state)}
+    ref = fake_quant_reference(model, compressed, x, float_layers=float_layers(ex))
     np.testing.assert_allclose(ex(x), ref, rtol=1e-4, atol=1e-4 * float(jnp.max(jnp.abs(ref))))
     ex.save(tmp_path / "m.jcx")
     np.testing.assert_array_equal(jc.export.load(tmp_path / "m.jcx")(x), ex(x))
@@ -90,11 +91,12 @@ def test_export_matches_fake_quant_and_round_trips(setup, form, tmp_path):
     if form == "group":  # the Dense layers run int8 with per-group rescaling; the conv has per-channel scales
         assert computes == {"Conv_0": "int8", "Dense_0": "int8", "Dense_1": "int8"}
         assert "group_scale" in ex.weights["layers"]["Dense_0"]
-        assert leaves["layers/Dense_0/codes_t"]["bytes"] <= variables["params"]["Dense_0"]["kernel"].size // 2
+        assert leaves["Dense_0"]["parts"]["codes"]["bytes"] <= variables["params"]["Dense_0"]["kernel"].size // 2
     if form == "codebook":  # no integer matmul for a codebook: float compute, 2-bit storage
         assert set(computes.values()) == {"float32"}
         n = variables["params"]["Dense_0"]["kernel"].size
-        assert leaves["layers/Dense_0/kernel"]["bytes"] <= n // 4 + 4 * 4 + 4
+        assert leaves["Dense_0"]["parts"]["codes"]["bytes"] <= n // 4  # at most 2 bits per weight
+        assert leaves["Dense_0"]["bytes"] <= n // 4 + 4 * 4 + 4  # + the codebook and its unit scale
     if form == "asymmetric":  # weight zero points fold into the int32 accumulator for Dense
         assert computes["Dense_0"] == "int8" and computes["Conv_0"] == "float32"
 
@@ -138,7 +140,8 @@ def test_library_quantizers_export_faithfully(name, tmp_path):
     recipe = jc.chain(jc.prune.magnitude(0.5), factory())
     cstate = recipe.update(variables["params"], recipe.init(variables["params"]))
     ex = jc.export.export(model, variables, recipe, cstate, x, dispatch="int8", activations="dynamic")
-    ref = fake_quant_reference(model, {"params": recipe.apply(variables["params"], cstate)}, x)
+    compressed = {"params": recipe.apply(variables["params"], cstate)}
+    ref = fake_quant_reference(model, compressed, x, float_layers=float_layers(ex))
     np.testing.assert_allclose(ex(x), ref, rtol=1e-4, atol=1e-4 * float(jnp.max(jnp.abs(ref))))
     ex.save(tmp_path / "m.jcx")
     np.testing.assert_array_equal(jc.export.load(tmp_path / "m.jcx")(x), ex(x))

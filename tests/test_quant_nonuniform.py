@@ -74,16 +74,23 @@ def test_kmeans_codebook_gradient_is_the_sum_of_its_members_gradients(params):
     loss = lambda p, c: jnp.sum(recipe.apply(p, c)["Dense_0"]["kernel"] * upstream)
     _, grads, (learned,) = jc.optim.value_and_grad(loss)(params, state)
     members = np.asarray(state.assignments["Dense_0/kernel"]).reshape(-1)
-    expected = np.bincount(members, weights=np.asarray(upstream).reshape(-1), minlength=4)
+    expected = np.bincount(members, weights=np.asarray(upstream).reshape(-1), minlength=5)  # + the fixed zero
     np.testing.assert_allclose(learned.values["Dense_0/kernel"], expected, rtol=1e-5)
+    assert float(learned.values["Dense_0/kernel"][4]) == 0.0
     np.testing.assert_array_equal(grads["Dense_0"]["kernel"], upstream)  # the weights train straight through
     codebook = state.learned.values["Dense_0/kernel"]
     assert len(np.unique(np.asarray(recipe.apply(params, state)["Dense_0"]["kernel"]))) == 4
-    assert bool(jnp.all(jnp.diff(codebook) > 0))
+    assert bool(jnp.all(jnp.diff(codebook[:4]) > 0)) and float(codebook[4]) == 0.0
 
 
-def test_kmeans_after_pruning_keeps_zeros_through_fine_tuning(params):
-    recipe = jc.chain(jc.prune.magnitude(0.6), jc.quant.kmeans(2))
+@pytest.mark.parametrize(
+    "schedule",
+    [jc.schedules.one_shot(0.6, at=3), jc.schedules.polynomial(0.0, 0.6, begin=0, end=4)],
+    ids=["one_shot_at_3", "gradual"],
+)
+def test_kmeans_zero_is_fixed_whenever_weights_are_pruned(params, schedule):
+    # Clustered at init on unpruned weights; the pruner zeros weights later, on its own schedule.
+    recipe = jc.chain(jc.prune.magnitude(schedule), jc.quant.kmeans(2))
     tx = jc.optim.with_compression(adam(1e-2), recipe)
     opt_state = tx.init(params)
     x = jax.random.normal(jax.random.key(1), (8, 72))
@@ -98,30 +105,52 @@ def test_kmeans_after_pruning_keeps_zeros_through_fine_tuning(params):
         updates, opt_state = tx.update(grads, opt_state, params, learned_grads=learned_grads)
         return optax.apply_updates(params, updates), opt_state
 
-    for _ in range(5):  # the first update prunes, then k-means clusters the pruned weights
+    for _ in range(6):
         params, opt_state = step(params, opt_state)
     cstate = jc.optim.compression_state(opt_state)
-    out = recipe.apply(params, cstate)
+    out = jc.paths.flatten(recipe.apply(params, cstate))[0]
     masks = jc.masks_of(cstate)
-    kmeans_state = cstate[1]
     for path, iw in jc.integer_weights(recipe, params, cstate).items():
-        leaf = jc.paths.flatten(out)[0][path]
-        keep = masks[path].unpack()
-        np.testing.assert_array_equal(leaf[~keep], 0.0)  # pruned weights stay exactly zero
-        assert float(iw.codebook[0]) == 0.0 and bool(kmeans_state.zero_reserved[path])
-        assert len(np.unique(np.asarray(leaf))) <= 4
-        np.testing.assert_array_equal(iw.dequantize(), leaf)
+        keep = np.asarray(masks[path].unpack())
+        assert 0 < keep.mean() < 1
+        np.testing.assert_array_equal(out[path][~keep], 0.0)  # pruned weights decode to exactly zero
+        codes = np.asarray(iw.codes)
+        np.testing.assert_array_equal(codes[~keep], 4)  # the fixed zero's index, no centroid spent on it
+        assert iw.codebook.shape == (5,) and float(iw.codebook[4]) == 0.0
+        assert len(np.unique(codes[keep])) <= 4
+        np.testing.assert_array_equal(iw.dequantize(), out[path])
+
+
+def test_kmeans_of_pruned_weights_sums_codebook_gradients_over_kept_weights_only(params):
+    pruned, _ = jc.compress(jc.prune.magnitude(0.8), params)
+    recipe = jc.quant.kmeans(3, rule="Dense_0/kernel")
+    state = recipe.init(pruned)
+    path = "Dense_0/kernel"
+    w = np.asarray(pruned["Dense_0"]["kernel"])
+    np.testing.assert_array_equal(state.members[path], np.flatnonzero(w))  # the compact gradient path is taken
+    upstream = jax.random.normal(jax.random.key(5), w.shape)
+    loss = lambda p, c: jnp.sum(recipe.apply(p, c)["Dense_0"]["kernel"] * upstream)
+    _, grads, (learned,) = jc.optim.value_and_grad(loss)(pruned, state)
+    index = np.asarray(state.assignments[path]).reshape(-1)
+    kept = w.reshape(-1) != 0
+    expected = np.bincount(index[kept], weights=np.asarray(upstream).reshape(-1)[kept], minlength=9)
+    np.testing.assert_allclose(learned.values[path], expected, rtol=1e-5, atol=1e-6)
+    expected_grads = np.where(w != 0, np.asarray(upstream), 0.0)  # pruned weights get none: they stay zero
+    np.testing.assert_array_equal(grads["Dense_0"]["kernel"], expected_grads)
+    np.testing.assert_array_equal(index[~kept], 8)
+    applied = np.asarray(recipe.apply(pruned, state)["Dense_0"]["kernel"])
+    np.testing.assert_array_equal(applied[~kept.reshape(w.shape)], 0)
 
 
 def test_kmeans_reassignment_follows_the_weights():
     params = {"w": jnp.array([[-1.0, -0.9], [0.9, 1.0]])}
     recipe = jc.quant.kmeans(1 + 1, reassign_every=1, keep_zeros=False)
-    state = recipe.update(params, recipe.init(params))  # (the first update clusters)
+    state = recipe.init(params)
     moved = {"w": jnp.array([[1.0, -0.9], [0.9, -1.0]])}
     state = recipe.update(moved, state)
     np.testing.assert_array_equal(recipe.apply(moved, state)["w"] < 0, moved["w"] < 0)
     fixed = jc.quant.kmeans(2, keep_zeros=False)
-    fstate = fixed.update(moved, fixed.update(params, fixed.init(params)))
+    fstate = fixed.update(moved, fixed.init(params))
     np.testing.assert_array_equal(fixed.apply(moved, fstate)["w"] < 0, params["w"] < 0)
 
 

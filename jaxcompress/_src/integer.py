@@ -62,7 +62,8 @@ class IntegerWeights:
     def dequantize(self) -> jax.Array:
         """The float32 weights these codes stand for (differentiable in the float form)."""
         if self.codebook is not None:
-            entries = self.codebook[lax.stop_gradient(self.codes).astype(jnp.int32)]
+            index = lax.stop_gradient(self.codes).astype(jnp.int32)  # in range by construction: no bounds select
+            entries = jnp.take(self.codebook, index, mode="clip")
             entries, scale = self._broadcast(self.scale, entries)
             values = jnp.reshape(entries * scale, self.codes.shape)
             if jnp.issubdtype(self.codes.dtype, jnp.floating):  # a code passes its value's gradient through

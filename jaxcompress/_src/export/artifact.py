@@ -4,20 +4,26 @@ Layout (all integers little-endian)::
 
     [0, 8)          magic b"JAXCMPRS"
     [8, 12)         uint32 format version
-    [12, 20)        uint64 header length H
-    [20, 20 + H)    header: UTF-8 JSON (metadata, program and array directory)
-    [20 + H, -32)   payload: the serialized ``jax.export`` program, then array blobs
+    [12, 16)        uint32 header length H
+    [16, 16 + H)    header: zlib-compressed UTF-8 JSON (metadata, program and array directory)
+    [16 + H, -32)   payload: the serialized ``jax.export`` program (compressed), then array blobs
     [-32, end)      SHA-256 of every byte before it
 
-Arrays are stored in their compressed form and decoded by :func:`load`:
+The arrays follow each other in directory order; each entry says how it is
+stored and is decoded by :func:`load`, in order:
 
-* ``raw``: the array's bytes;
-* ``packed``: integer codes at ``bits`` bits each (offset to unsigned);
-* ``sparse``: a bitmap of nonzeros plus the nonzero codes, packed;
-* ``affine``: a float kernel derived at load time as ``(codes - zero_point) *
-  scale`` from other stored arrays (so float-path layers cost int bytes too);
+* ``raw``: the array's bytes (``as``: the dtype it is cast to on load, e.g.
+  scales stored as float16 where that is exact);
+* ``codes``: integer codes stored by :mod:`~jaxcompress._src.export.codec`
+  (sparse formats, entropy coding), minus ``offset``;
+* ``derived`` (no bytes): ``(source - shift)``, optionally transposed, reshaped
+  and cast; or (``op: "colsum"``) its per-output-channel sums. The integer
+  program's codes, zero points, scales and column sums are views of the one
+  stored copy of a layer's codes and statistics;
+* ``affine``: a float kernel derived as ``(codes - zero_point) * scale``
+  from other stored arrays (so float-path layers cost int bytes too);
 * ``codebook``: a float kernel derived as ``codebook[indices] * scale``
-  (k-means and log2 leaves: indices at ``bits`` bits plus the codebook).
+  (k-means and log2 leaves).
 
 This module needs only numpy, JAX and the standard library: a deployment loads
 an artifact without the training code. Nothing is ever unpickled.
@@ -27,91 +33,125 @@ from __future__ import annotations
 
 import hashlib
 import json
+import lzma
 import os
 import struct
+import tempfile
+import zlib
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
 import numpy as np
 
+from jaxcompress._src.export import codec
+
 __all__ = ["FORMAT_VERSION", "Artifact", "load", "read_header"]
 
 MAGIC = b"JAXCMPRS"
-FORMAT_VERSION = 1
-_PREFIX = struct.Struct("<8sIQ")
+FORMAT_VERSION = 2
+_PREFIX = struct.Struct("<8sII")
 _DIGEST = 32
+_LZMA_FILTERS = [{"id": lzma.FILTER_LZMA2, "preset": 9 | lzma.PRESET_EXTREME}]
 
 
-def _pack_bits(values: np.ndarray, bits: int) -> bytes:
-    """Packs unsigned integers ``< 2**bits`` into a little-endian bit stream."""
-    u = values.astype(np.uint8).reshape(-1)
-    if bits == 8:
-        return u.tobytes()
-    planes = np.unpackbits(u[:, None], axis=1, bitorder="little")[:, :bits]
-    return np.packbits(planes.reshape(-1), bitorder="little").tobytes()
+def compress(data: bytes) -> tuple[str, bytes]:
+    """The smallest of ``data`` raw, zlib-compressed and raw-LZMA-compressed: ``(coder, bytes)``."""
+    options = [
+        ("raw", data),
+        ("zlib", zlib.compress(data, 9)),
+        ("lzma", lzma.compress(data, format=lzma.FORMAT_RAW, filters=_LZMA_FILTERS)),
+    ]
+    return min(options, key=lambda o: len(o[1]))
 
 
-def _unpack_bits(blob: bytes, bits: int, count: int) -> np.ndarray:
-    raw = np.frombuffer(blob, np.uint8)
-    if bits == 8:
-        return raw[:count].copy()
-    planes = np.unpackbits(raw, bitorder="little", count=count * bits).reshape(count, bits)
-    return np.packbits(planes, axis=1, bitorder="little").reshape(-1)
+def decompress(coder: str, data: bytes, *, what: str) -> bytes:
+    try:
+        if coder == "raw":
+            return data
+        if coder == "zlib":
+            return zlib.decompress(data)
+        if coder == "lzma":
+            return lzma.decompress(data, format=lzma.FORMAT_RAW, filters=_LZMA_FILTERS)
+    except (zlib.error, lzma.LZMAError) as e:
+        raise ValueError(f"{what} does not decompress ({coder}: {e})") from None
+    raise ValueError(f"{what}: unknown coder {coder!r}")
 
 
-def encode_codes(codes: np.ndarray, bits: int, *, signed: bool) -> tuple[dict, bytes]:
-    """The smaller of ``packed`` and ``sparse`` storage for integer ``codes``."""
+def encode_codes(codes: np.ndarray, offset: int, background: int | None) -> tuple[dict, bytes, dict[str, int]]:
+    """Integer ``codes`` stored as ``codes + offset`` by the smallest codec format: ``(meta, blob, tried)``.
+
+    ``background`` is the (offset) value the sparse formats leave out, or None.
+    """
     codes = np.asarray(codes)
-    offset = 2 ** (bits - 1) if signed else 0
-    unsigned = (codes.astype(np.int32) + offset).reshape(-1)
-    if unsigned.size and (unsigned.min() < 0 or unsigned.max() >= 2**bits):
-        raise ValueError(f"codes do not fit in {bits} bits ({'signed' if signed else 'unsigned'}).")
-    packed = _pack_bits(unsigned, bits)
-    nonzero = codes.reshape(-1) != 0
-    bitmap = np.packbits(nonzero, bitorder="little").tobytes()
-    sparse_values = _pack_bits(unsigned[nonzero], bits)
-    meta = {"bits": bits, "signed": signed, "dtype": str(codes.dtype), "shape": list(codes.shape)}
-    if len(bitmap) + len(sparse_values) < len(packed):
-        meta.update(encoding="sparse", bitmap_bytes=len(bitmap), nnz=int(nonzero.sum()))
-        return meta, bitmap + sparse_values
-    meta.update(encoding="packed")
-    return meta, packed
+    unsigned = codes.astype(np.int32) + offset
+    if unsigned.size and (unsigned.min() < 0 or unsigned.max() > 255):
+        raise ValueError(f"codes + {offset} span [{unsigned.min()}, {unsigned.max()}], outside [0, 255].")
+    bits = max(1, int(unsigned.max(initial=0)).bit_length())
+    encoded = codec.encode(unsigned.astype(np.uint8), bits, background=background)
+    meta = {"encoding": "codes", "dtype": str(codes.dtype), "shape": list(codes.shape), "offset": offset}
+    meta["codec"] = encoded.meta
+    return meta, encoded.blob, {"format": encoded.description, "tried": encoded.tried}
 
 
-def encode_raw(array: np.ndarray) -> tuple[dict, bytes]:
+def encode_raw(array: np.ndarray, *, shrink: bool = True) -> tuple[dict, bytes]:
+    """``array``'s bytes, in float16 / a narrower integer type where that holds every value exactly."""
     array = np.ascontiguousarray(array)
     if array.dtype.kind not in "fiub" or array.dtype.byteorder == ">":
         raise TypeError(f"cannot store dtype {array.dtype} raw.")
-    return {"encoding": "raw", "dtype": str(array.dtype), "shape": list(array.shape)}, array.tobytes()
+    stored = array
+    if shrink and array.dtype == np.float32:
+        half = array.astype(np.float16)
+        if np.array_equal(half.astype(np.float32), array):  # NaN-free by construction: exact values only
+            stored = half
+    elif shrink and array.dtype.kind == "i" and array.size:
+        for narrow in (np.int8, np.int16):
+            info = np.iinfo(narrow)
+            if array.dtype.itemsize > np.dtype(narrow).itemsize and info.min <= array.min() <= array.max() <= info.max:
+                stored = array.astype(narrow)
+                break
+    meta = {"encoding": "raw", "dtype": str(stored.dtype), "shape": list(array.shape)}
+    if stored.dtype != array.dtype:
+        meta["as"] = str(array.dtype)
+    return meta, stored.tobytes()
 
 
 def _decode(meta: Mapping[str, Any], blob: bytes, arrays: Mapping[str, np.ndarray]) -> np.ndarray:
     shape = tuple(int(d) for d in meta["shape"])
+    if any(d < 0 for d in shape):
+        raise ValueError(f"negative dimension in shape {shape}")
     size = int(np.prod(shape, dtype=np.int64))
     encoding = meta["encoding"]
     if encoding == "raw":
         dtype = np.dtype(meta["dtype"])
         if len(blob) != size * dtype.itemsize:
             raise ValueError(f"stored {len(blob)} bytes, expected {size * dtype.itemsize}")
-        return np.frombuffer(blob, dtype).reshape(shape).copy()
-    if encoding in ("packed", "sparse"):
-        bits, offset = int(meta["bits"]), (2 ** (int(meta["bits"]) - 1) if meta["signed"] else 0)
-        if encoding == "packed":
-            if len(blob) != -(-size * bits // 8):
-                raise ValueError(f"stored {len(blob)} bytes, expected {-(-size * bits // 8)}")
-            unsigned = _unpack_bits(blob, bits, size)
+        out = np.frombuffer(blob, dtype).reshape(shape)
+        return out.astype(np.dtype(meta.get("as", meta["dtype"])))
+    if encoding == "codes":
+        unsigned = codec.decode(meta["codec"], blob)
+        if unsigned.shape != shape:
+            raise ValueError(f"decoded shape {unsigned.shape}, expected {shape}")
+        return (unsigned.astype(np.int32) - int(meta["offset"])).astype(np.dtype(meta["dtype"]))
+    if blob:
+        raise ValueError(f"a {encoding!r} entry stores no bytes, found {len(blob)}")
+    if encoding == "derived":
+        src = arrays[meta["source"]]
+        if meta.get("op") == "colsum":
+            out = (src.astype(np.int32) - int(meta.get("shift", 0))).reshape(-1, src.shape[-1]).sum(0, dtype=np.int32)
         else:
-            nbm, nnz = int(meta["bitmap_bytes"]), int(meta["nnz"])
-            nonzero = np.unpackbits(np.frombuffer(blob[:nbm], np.uint8), count=size, bitorder="little").astype(bool)
-            if int(nonzero.sum()) != nnz or len(blob) != nbm + -(-nnz * bits // 8):
-                raise ValueError("sparse bitmap and values disagree")
-            unsigned = np.full(size, offset, np.uint8)
-            unsigned[nonzero] = _unpack_bits(blob[nbm:], bits, nnz)
-        return (unsigned.astype(np.int32) - offset).astype(np.dtype(meta["dtype"])).reshape(shape)
+            out = src.astype(np.int32) - int(meta["shift"]) if meta.get("shift") else src
+            if meta.get("transpose"):
+                out = out.reshape(-1, out.shape[-1]).T
+        if out.size != size:
+            raise ValueError(f"derived {out.size} values from {meta['source']!r}, expected {size}")
+        return np.ascontiguousarray(out.reshape(shape).astype(np.dtype(meta["dtype"])))
     if encoding == "codebook":
         indices = arrays[meta["indices"]].astype(np.int64)
-        out = arrays[meta["codebook"]][indices] * _expand(arrays[meta["scale"]], meta)
+        codebook = arrays[meta["codebook"]]
+        if indices.size and (indices.min() < 0 or indices.max() >= codebook.shape[0]):
+            raise ValueError(f"codebook indices reach {indices.max()}, but the codebook has {codebook.shape[0]}")
+        out = codebook[indices] * _expand(arrays[meta["scale"]], meta)
         if out.shape != shape:
             raise ValueError(f"derived shape {out.shape}, expected {shape}")
         return out.astype(np.float32)
@@ -124,6 +164,22 @@ def _decode(meta: Mapping[str, Any], blob: bytes, arrays: Mapping[str, np.ndarra
             raise ValueError(f"derived shape {out.shape}, expected {shape}")
         return out
     raise ValueError(f"unknown encoding {encoding!r}")
+
+
+def decode_entry(name: str, meta: Mapping[str, Any], blob: bytes, arrays: Mapping[str, np.ndarray]) -> np.ndarray:
+    """One directory entry decoded (``arrays``: the entries before it); any inconsistency is a ValueError."""
+    try:
+        return _decode(meta, blob, arrays)
+    except (KeyError, ValueError, TypeError, IndexError) as e:
+        raise ValueError(f"array {name!r}: {type(e).__name__}: {e}") from None
+
+
+def decode_all(directory: list[Mapping[str, Any]], blobs: list[bytes]) -> dict[str, np.ndarray]:
+    """Every array of a directory, decoded in order (later entries may derive from earlier ones)."""
+    flat: dict[str, np.ndarray] = {}
+    for meta, blob in zip(directory, blobs, strict=True):
+        flat[meta["name"]] = decode_entry(meta["name"], meta, blob, flat)
+    return flat
 
 
 def _expand(a: np.ndarray, meta: Mapping[str, Any]) -> np.ndarray:
@@ -156,27 +212,44 @@ class Artifact:
         return f"Artifact(input={x}, output={y}, file_bytes={self.metadata.get('file_bytes')})"
 
 
-def write(path: str | os.PathLike, program: bytes, stored: list[tuple[str, dict, bytes]], metadata: dict) -> int:
-    """Writes an artifact; ``stored`` is ``[(name, meta, blob)]`` in decode order. Returns bytes written.
+def write(path: str | os.PathLike, program: bytes, stored: list[tuple[str, dict, bytes]], metadata: dict) -> dict:
+    """Writes an artifact atomically; ``stored`` is ``[(name, meta, blob)]`` in decode order.
 
     Arrays whose meta has ``"internal": true`` are decoded but not passed to the
-    program (e.g. the codes a float kernel is derived from).
+    program (e.g. the codes a float kernel is derived from). Returns the bytes
+    of each section and of the file.
     """
-    directory, offset = [], len(program)
-    for name, meta, blob in stored:
-        directory.append({"name": name, **meta, "offset": offset, "nbytes": len(blob)})
-        offset += len(blob)
-    header = json.dumps(
-        {"metadata": metadata, "program": {"offset": 0, "nbytes": len(program)}, "arrays": directory},
-        sort_keys=True,
-    ).encode()
-    body = _PREFIX.pack(MAGIC, FORMAT_VERSION, len(header)) + header + program + b"".join(b for _, _, b in stored)
+    coder, packed_program = compress(program)
+    directory = [{"name": name, **meta, "nbytes": len(blob)} for name, meta, blob in stored]
+    document = {"metadata": metadata, "program": {"coder": coder, "nbytes": len(packed_program)}, "arrays": directory}
+    header = zlib.compress(json.dumps(document, separators=(",", ":")).encode(), 9)
+    weights = b"".join(b for _, _, b in stored)
+    body = _PREFIX.pack(MAGIC, FORMAT_VERSION, len(header)) + header + packed_program + weights
     data = body + hashlib.sha256(body).digest()
-    tmp = f"{os.fspath(path)}.tmp"
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)  # never leave a half-written artifact under the user's name
-    return len(data)
+    _write_atomically(path, data)
+    return {
+        "file": len(data),
+        "framing": _PREFIX.size + _DIGEST,
+        "header": len(header),
+        "program": len(packed_program),
+        "weights": len(weights),
+    }
+
+
+def _write_atomically(path: str | os.PathLike, data: bytes) -> None:
+    """``data`` under ``path``, or nothing: a unique temporary file, fsync-ed, then renamed over it."""
+    path = os.fspath(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=os.path.dirname(path) or ".")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
 
 
 def read_header(data: bytes, *, source: str = "artifact") -> tuple[dict, memoryview]:
@@ -198,10 +271,28 @@ def read_header(data: bytes, *, source: str = "artifact") -> tuple[dict, memoryv
     if start > len(body):
         raise ValueError(f"{source} header length {header_len} runs past the end of the file.")
     try:
-        header = json.loads(bytes(data[_PREFIX.size : start]).decode())
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        header = json.loads(zlib.decompress(bytes(data[_PREFIX.size : start])).decode())
+    except (zlib.error, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ValueError(f"{source} has an unreadable header: {e}") from None
+    if not isinstance(header, dict):
+        raise ValueError(f"{source} has an unreadable header: a JSON {type(header).__name__}, expected an object.")
     return header, memoryview(body)[start:]
+
+
+def split_payload(header: Mapping[str, Any], payload: memoryview) -> tuple[bytes, list[bytes]]:
+    """``(program bytes, [array blob])`` of a payload, checking that the directory covers it exactly."""
+    offset = int(header["program"]["nbytes"])
+    program = decompress(header["program"]["coder"], bytes(payload[:offset]), what="the program section")
+    blobs = []
+    for meta in header["arrays"]:
+        n = int(meta["nbytes"])
+        if n < 0 or offset + n > len(payload):
+            raise ValueError(f"array {meta.get('name')!r} runs past the end of the payload")
+        blobs.append(bytes(payload[offset : offset + n]))
+        offset += n
+    if offset != len(payload):
+        raise ValueError(f"the directory covers {offset} payload bytes, the file has {len(payload)}")
+    return program, blobs
 
 
 def load(path: str | os.PathLike) -> Artifact:
@@ -221,21 +312,12 @@ def load(path: str | os.PathLike) -> Artifact:
     source = repr(os.fspath(path))
     header, payload = read_header(data, source=source)
     try:
-        prog = header["program"]
-        program = bytes(payload[prog["offset"] : prog["offset"] + prog["nbytes"]])
-        flat: dict[str, np.ndarray] = {}
-        for meta in header["arrays"]:
-            end = meta["offset"] + meta["nbytes"]
-            if end > len(payload):
-                raise ValueError(f"array {meta['name']!r} runs past the end of the payload")
-            try:
-                flat[meta["name"]] = _decode(meta, bytes(payload[meta["offset"] : end]), flat)
-            except (KeyError, ValueError) as e:
-                raise ValueError(f"array {meta['name']!r}: {e}") from None
+        program, blobs = split_payload(header, payload)
+        flat = decode_all(header["arrays"], blobs)
         exported = jax.export.deserialize(bytearray(program))
-    except (KeyError, TypeError) as e:
-        raise ValueError(f"{source} has an inconsistent header ({type(e).__name__}: {e}).") from None
-    leaves = [flat[m["name"]] for m in header["arrays"] if not m.get("internal")]
+        leaves = [flat[m["name"]] for m in header["arrays"] if not m.get("internal")]
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"{source} has an inconsistent header or payload ({type(e).__name__}: {e}).") from None
     _check_signature(exported, leaves, source)
     (weights, _), _ = jax.tree_util.tree_unflatten(exported.in_tree, [*leaves, None])
     return Artifact(exported, weights, header["metadata"])

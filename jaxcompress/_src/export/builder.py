@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -20,7 +20,7 @@ from jaxcompress._src.export.layers import FloatKernel, KernelLayer
 from jaxcompress._src.quant import activations as activation_lib
 from jaxcompress._src.quant.grid import InputQuant
 
-__all__ = ["Exported", "export"]
+__all__ = ["Exported", "export", "size_report"]
 
 _CHOICES = ("measure", "int8", "float")
 
@@ -44,9 +44,22 @@ class Exported(artifact.Artifact):
     def save(self, path: str | os.PathLike) -> int:
         """Writes the artifact file (see :mod:`jaxcompress.export.artifact`); returns its size in bytes."""
         program_bytes = bytes(self.exported.serialize())
-        size = artifact.write(path, program_bytes, self._stored, self.metadata)
-        self.metadata["file_bytes"] = size
-        return size
+        sections = artifact.write(path, program_bytes, self._stored, _saved_metadata(self.metadata))
+        self.metadata["file_bytes"] = sections["file"]
+        self.metadata["section_bytes"] = sections
+        return sections["file"]
+
+
+def _saved_metadata(metadata: dict) -> dict:
+    """The metadata the file keeps: each layer's chosen format, not the sizes of every format tried."""
+
+    def slim(leaf: dict) -> dict:
+        if "parts" not in leaf:
+            return leaf
+        parts = {k: {f: v for f, v in part.items() if f != "tried"} for k, part in leaf["parts"].items()}
+        return {**leaf, "parts": parts}
+
+    return {**metadata, "leaves": {k: slim(v) for k, v in metadata["leaves"].items()}}
 
 
 def export(
@@ -103,8 +116,67 @@ def export(
     Returns:
       An :class:`Exported`: call it, ``save`` it, read its ``report``.
     """
+    _check_dispatch(dispatch)
+    prep = _prepare(model, variables, recipe, cstate, example, apply_kwargs, activations, remove_pruned_channels)
+    example, plans, candidates = prep.example, prep.plans, prep.candidates
+    choices = {}
+    for path, cands in candidates.items():
+        choice = dispatch.get(path, "measure") if isinstance(dispatch, Mapping) else dispatch
+        choices[path] = "float" if cands.integer is None else choice
+    timings = _measure_in_program(
+        model, plans, candidates, prep.variables_left, prep.apply_kwargs, example, choices, prep.untrained
+    )
+    plans = _with_choices(plans, candidates, choices, prep.untrained)
+    fn = program.Program(model, plans, prep.apply_kwargs)
+    args = jax.tree.map(_canonical, _program_args(candidates, choices, prep.variables_left))
+    x_spec = jax.ShapeDtypeStruct((*jax.export.symbolic_shape("b"), *example.shape[1:]), example.dtype)
+    w_spec = jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a), np.asarray(a).dtype), args)
+
+    def infer(weights, x):
+        return fn(weights, x)
+
+    exported = jax.export.export(jax.jit(infer), platforms=platforms)(w_spec, x_spec)
+
+    stored, leaves, args = storage(args, candidates)
+    metadata = {
+        "format_version": artifact.FORMAT_VERSION,
+        "description": description or describe_recipe(recipe, cstate),
+        "input": {"shape": ["b", *example.shape[1:]], "dtype": str(example.dtype)},
+        "layers": {
+            p: {
+                "kind": plan.kind,
+                "compute": _describe_compute(plan),
+                "input_quantization": _describe_quant(getattr(plan, "spec", None)),
+                "output_quantization": _describe_quant(getattr(plan, "out_spec", None)),
+                **({k: round(v * 1e6, 1) for k, v in timings[p].items()} if p in timings else {}),
+            }
+            for p, plan in plans.items()
+        },
+        "notes": prep.notes,
+        "leaves": leaves,
+        "weight_bytes": sum(v["bytes"] for v in leaves.values()),
+        "accuracy": dict(accuracy or {}),
+        "jax_version": jax.__version__,
+        "platforms": list(exported.platforms),
+    }
+    return Exported(exported, args, metadata, stored)
+
+
+class _Prepared(NamedTuple):
+    """What export plans before choosing forms: layer plans, both weight forms, what is left to the model."""
+
+    example: jax.Array
+    apply_kwargs: dict
+    plans: dict
+    candidates: dict[str, Candidates]
+    notes: list[str]
+    variables_left: dict
+    untrained: frozenset[str]  # integer-capable layers whose inputs the recipe leaves in float
+
+
+def _prepare(model, variables, recipe, cstate, example, apply_kwargs, activations, remove_pruned_channels) -> _Prepared:
     apply_kwargs = dict(apply_kwargs or {})
-    _check_inputs(model, variables, recipe, example, dispatch, activations)
+    _check_inputs(model, variables, recipe, example, activations)
     example = jnp.asarray(example)
     params = variables["params"]
     compressed = recipe.apply(params, cstate)
@@ -143,8 +215,9 @@ def export(
             plans[call.path] = layers.ModelCode(spec, out_spec)
     if unquantized_inputs and activations == "auto":
         notes.append(
-            "the recipe leaves the inputs of " + ", ".join(unquantized_inputs) + " in float; their integer "
-            "layers quantize them dynamically to int8 (add jc.quant.activations(...) to the recipe to train for it)"
+            "the recipe leaves the inputs of " + ", ".join(unquantized_inputs) + " in float: exported in int8, "
+            "such a layer quantizes its input dynamically to int8, which training never saw; exported in float it "
+            "takes the input as is (add jc.quant.activations(...) to the recipe to train for int8 inputs)"
         )
 
     for bn_path, producer in program.batchnorm_pairs(calls).items():
@@ -159,46 +232,41 @@ def export(
         )
         notes.extend(removal.notes)
 
-    choices = {}
-    for path, cands in candidates.items():
-        choice = dispatch.get(path, "measure") if isinstance(dispatch, Mapping) else dispatch
-        choices[path] = "float" if cands.integer is None else choice
     variables_left = _without(float_vars, [p for p, pl in plans.items() if not isinstance(pl, layers.ModelCode)])
-    timings = _measure_in_program(model, plans, candidates, variables_left, apply_kwargs, example, choices)
-    plans = _with_choices(plans, candidates, choices)
-    fn = program.Program(model, plans, apply_kwargs)
-    args = jax.tree.map(_canonical, _program_args(candidates, choices, variables_left))
-    x_spec = jax.ShapeDtypeStruct((*jax.export.symbolic_shape("b"), *example.shape[1:]), example.dtype)
-    w_spec = jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a), np.asarray(a).dtype), args)
+    return _Prepared(example, apply_kwargs, plans, candidates, notes, variables_left, frozenset(unquantized_inputs))
 
-    def infer(weights, x):
-        return fn(weights, x)
 
-    exported = jax.export.export(jax.jit(infer), platforms=platforms)(w_spec, x_spec)
+def size_report(
+    model: nn.Module,
+    variables: Mapping[str, Any],
+    recipe: core.Recipe,
+    cstate: Any,
+    example: jax.typing.ArrayLike,
+    *,
+    apply_kwargs: Mapping[str, Any] | None = None,
+    activations: str | Mapping[str, InputQuant] = "auto",
+    remove_pruned_channels: bool = True,
+) -> dict:
+    """The bytes :func:`export` will write for these weights, per leaf and per format, before exporting.
 
-    stored, leaves = storage(args, candidates)
-    metadata = {
-        "format_version": artifact.FORMAT_VERSION,
-        "description": description or _describe(cstate),
-        "input": {"shape": ["b", *example.shape[1:]], "dtype": str(example.dtype)},
-        "layers": {
-            p: {
-                "kind": plan.kind,
-                "compute": _describe_compute(plan),
-                "input_quantization": _describe_quant(getattr(plan, "spec", None)),
-                "output_quantization": _describe_quant(getattr(plan, "out_spec", None)),
-                **({k: round(v * 1e6, 1) for k, v in timings[p].items()} if p in timings else {}),
-            }
-            for p, plan in plans.items()
-        },
-        "notes": notes,
-        "leaves": leaves,
-        "weight_bytes": sum(v["bytes"] for v in leaves.values()),
-        "accuracy": dict(accuracy or {}),
-        "jax_version": jax.__version__,
-        "platforms": list(exported.platforms),
-    }
-    return Exported(exported, args, metadata, stored)
+    Runs export's planning (BatchNorm folding, channel removal) and its
+    storage encoder, but compiles and times nothing. A layer's bytes do not
+    depend on ``dispatch``: both of its forms are views of one stored copy of
+    its codes. The figures equal the saved file's weight section entry for
+    entry (``Exported.report["leaves"]``); the program and header are not
+    predicted (``Exported.save`` reports them).
+
+    Returns:
+      ``{"leaves": {layer_or_argument: {...}}, "weight_bytes": int}``: for a
+      quantized layer, ``"parts"`` (its codes' chosen format and the bytes of
+      every format tried; its scales, zero points, codebook) and ``"bytes"``;
+      for any other argument its dtype and bytes.
+    """
+    prep = _prepare(model, variables, recipe, cstate, example, apply_kwargs, activations, remove_pruned_channels)
+    choices = {p: "float" for p in prep.candidates}
+    args = jax.tree.map(_canonical, _program_args(prep.candidates, choices, prep.variables_left))
+    _, leaves, _ = storage(args, prep.candidates)
+    return {"leaves": leaves, "weight_bytes": sum(v["bytes"] for v in leaves.values())}
 
 
 def _integer_form(recipe, params, cstate, compressed) -> dict[str, core.IntegerWeights]:
@@ -225,7 +293,7 @@ def _integer_form(recipe, params, cstate, compressed) -> dict[str, core.IntegerW
     return integer
 
 
-def _check_inputs(model, variables, recipe, example, dispatch, activations) -> None:
+def _check_inputs(model, variables, recipe, example, activations) -> None:
     if not isinstance(model, nn.Module):
         raise TypeError(f"`model` must be a flax.linen Module, got {type(model).__name__}.")
     if not isinstance(variables, Mapping) or "params" not in variables:
@@ -238,14 +306,17 @@ def _check_inputs(model, variables, recipe, example, dispatch, activations) -> N
         )
     if np.ndim(example) < 1:
         raise ValueError(f"`example` must be a batch with a leading batch axis, got shape {np.shape(example)}.")
-    choices = dispatch.values() if isinstance(dispatch, Mapping) else [dispatch]
-    for c in choices:
-        if c not in _CHOICES:
-            raise ValueError(f"`dispatch` values must be one of {_CHOICES}, got {c!r}.")
     if not (activations in ("auto", "dynamic") or isinstance(activations, Mapping)):
         raise ValueError(
             f"`activations` must be 'auto', 'dynamic' or {{module_path: InputQuant}}, got {activations!r}."
         )
+
+
+def _check_dispatch(dispatch) -> None:
+    choices = dispatch.values() if isinstance(dispatch, Mapping) else [dispatch]
+    for c in choices:
+        if c not in _CHOICES:
+            raise ValueError(f"`dispatch` values must be one of {_CHOICES}, got {c!r}.")
 
 
 def _activation_specs(activations, cstate) -> tuple[dict[str, InputQuant], dict[str, InputQuant]]:
@@ -280,9 +351,20 @@ def _find_call(calls, path: str):
     return next(c for c in calls if c.path == path)
 
 
-def _with_choices(plans: dict, candidates: Mapping[str, Candidates], choices: Mapping[str, str]) -> dict:
-    """``plans`` with each chosen layer computing with its integer or float weights."""
-    return {p: pl.with_form(type(candidates[p].form(choices[p]))) if p in choices else pl for p, pl in plans.items()}
+def _with_choices(plans: dict, candidates: Mapping[str, Candidates], choices: Mapping[str, str], untrained) -> dict:
+    """``plans`` with each chosen layer computing with its integer or float weights.
+
+    A float layer whose input the recipe never quantized takes it as is: only
+    an integer op needs (dynamic) int8 inputs.
+    """
+    out = {}
+    for p, pl in plans.items():
+        if p in choices:
+            pl = pl.with_form(type(candidates[p].form(choices[p])))
+            if choices[p] == "float" and p in untrained:
+                pl = dataclasses.replace(pl, spec=None)
+        out[p] = pl
+    return out
 
 
 def _program_args(candidates: Mapping[str, Candidates], choices: Mapping[str, str], variables_left) -> dict:
@@ -291,7 +373,7 @@ def _program_args(candidates: Mapping[str, Candidates], choices: Mapping[str, st
     return {"layers": chosen, "variables": variables_left}
 
 
-def _measure_in_program(model, plans, candidates, variables_left, apply_kwargs, example, choices) -> dict:
+def _measure_in_program(model, plans, candidates, variables_left, apply_kwargs, example, choices, untrained) -> dict:
     """Resolves ``"measure"`` in ``choices`` (in place) by timing the whole program; returns the timings.
 
     A layer timed alone misleads: XLA:CPU runs a convolution whose output is
@@ -308,7 +390,7 @@ def _measure_in_program(model, plans, candidates, variables_left, apply_kwargs, 
         return {}
 
     def build(assignment: dict[str, str]):
-        fn = program.Program(model, _with_choices(plans, candidates, assignment), apply_kwargs)
+        fn = program.Program(model, _with_choices(plans, candidates, assignment, untrained), apply_kwargs)
         args = _program_args(candidates, assignment, variables_left)
         return jax.jit(lambda w, x: fn(w, x)), jax.tree.map(jnp.asarray, args)
 
@@ -405,6 +487,12 @@ def _describe_quant(spec: layers.InputSpec | None) -> str | None:
     return f"{kind} {grid}{q.bits}"
 
 
-def _describe(cstate: Any) -> str:
-    states = cstate if isinstance(cstate, tuple) else (cstate,)
-    return " -> ".join(type(s).__name__ for s in states)
+def describe_recipe(recipe: core.Recipe, cstate: Any) -> str:
+    """A readable one-line name of a recipe, e.g. ``"pruner (sparsity 0.9) -> kmeans"``."""
+    if isinstance(recipe, core.Chain):
+        return " -> ".join(describe_recipe(r, s) for r, s in zip(recipe.stages, cstate, strict=True))
+    name = getattr(recipe.init, "__qualname__", type(recipe).__name__).split(".")[0]
+    sparsity = getattr(cstate, "sparsity", None)
+    if sparsity is not None and np.ndim(sparsity) == 0:
+        name += f" (sparsity {float(sparsity):.3g})"
+    return name

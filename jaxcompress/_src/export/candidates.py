@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import jax
 import numpy as np
 
 from jaxcompress._src import paths as paths_lib
@@ -102,57 +103,128 @@ def _per_output_channel(scale: np.ndarray, zp: np.ndarray | None, iw: IntegerWei
     return all(d == 1 for d in scale.shape[:-1]) and (zp is None or all(d == 1 for d in zp.shape[:-1]))
 
 
-def storage(args: dict, candidates: dict[str, Candidates]) -> tuple[list, dict]:
-    """Compressed storage of every program argument; per-leaf storage and bytes for the report."""
-    stored, leaves = [], {}
-    for name, value in paths_lib.flatten(args)[0].items():
+def storage(args: dict, candidates: dict[str, Candidates]) -> tuple[list, dict, dict]:
+    """How every program argument is stored: ``(entries, report, weights)``.
+
+    Each planned layer stores its codes and statistics once, in kernel layout
+    (``stored:<layer>/codes`` etc., internal entries); its program arguments
+    (a float kernel, or integer codes, zero points, scales and column sums)
+    are views of them that cost no bytes. Anything else is stored raw. The
+    returned ``weights`` are the arguments as the loader decodes them, so an
+    in-memory export computes exactly what its saved file does.
+    """
+    entries: list[tuple[str, dict, bytes]] = []
+    report: dict[str, dict] = {}
+    decoded: dict[str, np.ndarray] = {}
+    flat = paths_lib.flatten(args)[0]
+    for name, value in flat.items():
         parts = name.split("/")
-        layer = candidates.get("/".join(parts[1:-1])) if parts[0] == "layers" else None
-        if layer is not None and parts[-1] in ("codes", "codes_t"):
-            meta, blob = artifact.encode_codes(value, layer.iw.bits, signed=True)
-            entries = [(name, meta, blob)]
-            leaves[name] = {"storage": f"int{layer.iw.bits} {meta['encoding']}", "bytes": len(blob)}
-        elif layer is not None and parts[-1] == "kernel":
-            entries = _derived_kernel(name, value, layer)
-            what = "codebook indices + codebook" if layer.iw.codebook is not None else "codes + float32 scales"
-            leaves[name] = {
-                "storage": f"int{layer.iw.bits} {what} (float32 kernel rebuilt at load)",
-                "bytes": sum(len(b) for _, _, b in entries),
-            }
-        else:
-            meta, blob = artifact.encode_raw(value)
-            entries = [(name, meta, blob)]
-            leaves[name] = {"storage": str(value.dtype), "bytes": len(blob)}
-        stored.extend(entries)
-    return stored, leaves
+        path = "/".join(parts[1:-1]) if parts[0] == "layers" else None
+        layer = candidates.get(path)
+        if layer is not None and _internal(path, "codes") not in decoded:
+            internal, report[path] = _layer_storage(path, layer)
+            for entry in internal:
+                decoded[entry[0]] = artifact.decode_entry(*entry, decoded)
+            entries.extend(internal)
+        meta = None if layer is None else _derivation(parts[-1], value, path, layer, decoded)
+        if meta is not None:
+            entries.append((name, meta, b""))
+            decoded[name] = artifact.decode_entry(name, meta, b"", decoded)
+            continue
+        meta, blob = artifact.encode_raw(value, shrink=parts[-1] not in _KEEP_DTYPE)
+        entries.append((name, meta, blob))
+        report[name] = {"storage": meta["dtype"], "bytes": len(blob)}
+        decoded[name] = np.asarray(value)
+    weights = jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(args), [decoded[n] for n in flat])
+    return entries, report, weights
 
 
-def _derived_kernel(name: str, kernel: np.ndarray, layer: Candidates) -> list[tuple[str, dict, Any]]:
-    """A float-path kernel stored as its integer codes and scales, rebuilt by the loader."""
+# Arrays whose dtype differs between a layer's float and integer forms: stored at their width in
+# both, so a layer's bytes do not depend on which form dispatch picks.
+_KEEP_DTYPE = ("const_values", "const_sums")
+
+
+def _internal(path: str, what: str) -> str:
+    return f"stored:{path}/{what}"
+
+
+def _layer_storage(path: str, layer: Candidates) -> tuple[list[tuple[str, dict, bytes]], dict]:
+    """A layer's codes (sparse and entropy coded) and statistics (at their smallest exact width)."""
+    iw, codes = layer.iw, np.asarray(layer.codes)
+    codebook = None
+    if iw.codebook is not None:  # only the entries in use are stored, the indices renumbered
+        used = np.unique(codes)
+        codebook = np.asarray(iw.codebook, np.float32)[used]
+        codes = np.searchsorted(used, codes).astype(codes.dtype)
+        zeros = np.flatnonzero(codebook == 0)
+        offset, background = 0, (int(zeros[0]) if zeros.size else None)
+    elif codes.dtype == np.uint8:  # asymmetric: the code of 0.0 is the zero point
+        zp = layer.zero_point
+        offset = 0
+        background = int(zp.reshape(-1)[0]) if zp is not None and np.all(zp == zp.reshape(-1)[0]) else None
+    else:
+        offset = 2 ** (iw.bits - 1)
+        background = offset if layer.zero_point is None else None
+    cmeta, cblob, how = artifact.encode_codes(codes, offset, background)
+    entries = [(_internal(path, "codes"), {**cmeta, "internal": True}, cblob)]
+    parts = {"codes": {"format": how["format"], "bytes": len(cblob), "tried": how["tried"]}}
+    stats = {"scale": layer.scale, "zero_point": layer.zero_point}
+    if codebook is not None:
+        stats["codebook"] = codebook
+    for what, array in stats.items():
+        if array is None:
+            continue
+        meta, blob = artifact.encode_raw(np.asarray(array))
+        entries.append((_internal(path, what), {**meta, "internal": True}, blob))
+        parts[what] = {"storage": meta["dtype"], "bytes": len(blob)}
+    return entries, {"parts": parts, "bytes": sum(p["bytes"] for p in parts.values())}
+
+
+def _derivation(field: str, value: Any, path: str, layer: Candidates, decoded: dict) -> dict | None:
+    """The meta of a no-bytes entry that rebuilds this program argument from the layer's stored arrays.
+
+    None when no derivation reproduces it (it is then stored raw): integer
+    views must match exactly, a float kernel to rounding (the loader's
+    product is then what the program computes with, in memory too).
+    """
+    value = np.asarray(value)
     iw = layer.iw
+    codes_name = _internal(path, "codes")
+    shift = 2 ** (iw.bits - 1) if layer.codes.dtype == np.uint8 and iw.codebook is None else 0
     groups = {"group_axis": iw.group_axis, "group_size": iw.group_size} if iw.group_size is not None else {}
-    smeta, sblob = artifact.encode_raw(layer.scale)
-    if iw.codebook is not None:  # indices at `bits` bits + the codebook: kernel = codebook[indices] * scale
-        imeta, iblob = artifact.encode_codes(layer.codes, iw.bits, signed=False)
-        bmeta, bblob = artifact.encode_raw(np.asarray(iw.codebook, np.float32))
-        meta = {"encoding": "codebook", "dtype": "float32", "shape": list(kernel.shape), **groups}
-        meta.update(indices=f"{name}.indices", codebook=f"{name}.codebook", scale=f"{name}.scale")
-        return [
-            (f"{name}.indices", {**imeta, "internal": True}, iblob),
-            (f"{name}.codebook", {**bmeta, "internal": True}, bblob),
-            (f"{name}.scale", {**smeta, "internal": True}, sblob),
-            (name, meta, b""),
-        ]
-    cmeta, cblob = artifact.encode_codes(layer.codes, iw.bits, signed=layer.codes.dtype != np.uint8)
-    entries = [
-        (f"{name}.codes", {**cmeta, "internal": True}, cblob),
-        (f"{name}.scale", {**smeta, "internal": True}, sblob),
-    ]
-    meta = {"encoding": "affine", "dtype": "float32", "shape": list(kernel.shape), **groups}
-    meta.update(codes=f"{name}.codes", scale=f"{name}.scale")
-    if layer.zero_point is not None:
-        zmeta, zblob = artifact.encode_raw(layer.zero_point)
-        entries.append((f"{name}.zero_point", {**zmeta, "internal": True}, zblob))
-        meta["zero_point"] = f"{name}.zero_point"
-    entries.append((name, meta, b""))
-    return entries
+    base = {"dtype": str(value.dtype), "shape": list(value.shape)}
+    if field == "kernel":
+        refs = {"scale": _internal(path, "scale")}
+        if iw.codebook is not None:
+            meta = {"encoding": "codebook", "indices": codes_name, "codebook": _internal(path, "codebook"), **refs}
+        else:
+            meta = {"encoding": "affine", "codes": codes_name, **refs}
+            if layer.zero_point is not None:
+                meta["zero_point"] = _internal(path, "zero_point")
+        meta = {**meta, **base, **groups}
+        exact = False
+    elif field in ("codes_t", "codes"):
+        meta = {"encoding": "derived", "source": codes_name, "shift": shift, "transpose": field == "codes_t", **base}
+        exact = True
+    elif field == "colsum":
+        meta = {"encoding": "derived", "op": "colsum", "source": codes_name, "shift": shift, **base}
+        exact = True
+    elif field in ("scale", "group_scale"):
+        meta = {"encoding": "derived", "source": _internal(path, "scale"), **base}
+        exact = True
+    elif field in ("zero_point", "group_zero_point") and layer.zero_point is not None:
+        meta = {"encoding": "derived", "source": _internal(path, "zero_point"), "shift": shift, **base}
+        exact = True
+    else:
+        return None
+    try:
+        rebuilt = artifact._decode(meta, b"", decoded)
+    except (KeyError, ValueError):
+        return None
+    if rebuilt.shape != value.shape or rebuilt.dtype != value.dtype:
+        return None
+    if exact and not np.array_equal(rebuilt, value):
+        return None
+    if not exact and not np.allclose(rebuilt, value, rtol=1e-6, atol=1e-7 * float(np.max(np.abs(value), initial=0))):
+        return None
+    return meta

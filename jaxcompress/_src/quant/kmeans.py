@@ -3,30 +3,30 @@
 Each selected leaf keeps ``K = 2^bits`` shared float values (its codebook) and,
 per weight, the index of its centroid: ``w_hat = codebook[assignments]``.
 
-* **Clustering** (at ``init``, and again at the first ``update``, so that
-  chained after one-shot pruning it clusters the pruned weights; under
-  :func:`jaxcompress.optim.with_compression` that first step's codebook
-  gradients were computed for the ``init`` clusters): centroids spread
-  linearly over
-  ``[min w, max w]`` (the paper's best initialization: it keeps the rare large
-  weights represented), then ``iterations`` steps of Lloyd's algorithm
-  (assign each weight to its nearest centroid, move each centroid to the mean
-  of its members). In one dimension the centroids stay sorted, so assignment
-  is a ``searchsorted`` over midpoints, ``O(n log K)`` with no ``n x K`` matrix.
+* **Clustering** (at ``init``; again at update ``recluster_at`` if given, e.g.
+  ``0`` after a chained one-shot pruner): centroids spread linearly over
+  ``[min w, max w]`` of the nonzero weights (the paper's best initialization:
+  it keeps the rare large weights represented), then ``iterations`` steps of
+  Lloyd's algorithm. In one dimension the centroids stay sorted, so
+  assignment is a ``searchsorted`` over midpoints, ``O(n log K)`` with no
+  ``n x K`` matrix. Nothing of the clustering is in the training step unless
+  ``recluster_at`` asks for it.
 * **Fine-tuning**: the codebook lives in a :class:`jaxcompress.Learned`
-  node; since ``w_hat = codebook[assignments]`` is a gather, the gradient of
-  each centroid is the sum of its members' gradients (the paper's update),
-  straight from autodiff. Pass it as ``learned_grads=``.
-* **Assignments** are fixed after ``init``, unless ``reassign_every=n``: then
-  every ``n``-th ``update`` re-assigns the current weights (which train
+  node; each centroid's gradient is the sum of its members' gradients (the
+  paper's update), pass it as ``learned_grads=``. For a mostly-pruned leaf
+  clustered once, the sum runs over the weights that were nonzero at
+  clustering only (``KMeansState.members``), so its cost follows the kept
+  weights, not the leaf, and the weights that were zero get no gradient: they
+  stay exactly zero in training with no mask to enforce.
+* **Assignments** are fixed after clustering, unless ``reassign_every=n``:
+  then every ``n``-th ``update`` re-assigns the current weights (which train
   straight-through) to the nearest current centroid, under ``lax.cond``.
-* **Zeros stay zero** (``keep_zeros=True``): if a leaf holds exact zeros when
-  it is clustered (chained after pruning), centroid 0 is reserved, pinned at
-  exactly ``0.0`` and never trained, and only the zeros use it; the other
-  ``K - 1`` centroids cluster the nonzero weights. Chain k-means after pruning
-  whose masks are final (one-shot, or a finished schedule); with masks still
-  changing, ``reassign_every`` moves newly pruned weights to the reserved
-  zero (if one was reserved).
+* **Zero is a fixed value** (``keep_zeros=True``): the integer form's codebook
+  is the ``K`` centroids plus an exact ``0.0`` at index ``K`` (``K = 255`` for 8
+  bits, so indices stay ``uint8``). Every weight that is exactly zero, at any
+  step (a pruner chained before it, on any schedule), decodes to exactly 0.0;
+  the centroids cluster only the nonzero weights and no centroid is spent on
+  zero. Sparse storage then never stores the zeros' index at all.
 
 In integer form a leaf is a codebook leaf: ``uint8`` indices, a unit scale and
 the ``float32`` codebook. Gradients: straight through to the weights, and each
@@ -40,10 +40,12 @@ References:
 
 from __future__ import annotations
 
+import functools
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from jaxcompress._src import core, validate
@@ -51,7 +53,6 @@ from jaxcompress._src import paths as paths_lib
 from jaxcompress._src.core import safe_increment
 from jaxcompress._src.integer import IntegerWeights
 from jaxcompress._src.quant.grid import check_bits, check_bool
-from jaxcompress._src.quant.ste import straight_through
 
 __all__ = ["KMeansState", "kmeans", "kmeans_1d"]
 
@@ -60,9 +61,9 @@ class KMeansState(NamedTuple):
     """State of :func:`kmeans`."""
 
     count: jax.Array  # shape=(), dtype=int32: updates so far (saturating)
-    assignments: dict[str, jax.Array]  # per leaf: centroid indices, leaf shape, dtype=uint8
-    zero_reserved: dict[str, jax.Array]  # per leaf: shape=(), dtype=bool: centroid 0 pinned at 0.0
-    learned: core.Learned  # codebooks by path: shape=(2^bits,), dtype=float32
+    assignments: dict[str, jax.Array]  # per leaf: centroid indices (K: the fixed zero), leaf shape, uint8
+    members: dict[str, jax.Array]  # per mostly-pruned leaf: flat indices of its nonzero weights at clustering
+    learned: core.Learned  # codebooks by path: (K + 1,) float32 ending in the fixed 0.0; (K,) without keep_zeros
 
 
 def _assign(x: jax.Array, centroids: jax.Array) -> jax.Array:
@@ -111,34 +112,36 @@ def kmeans_1d(
     return centroids, _assign(x, centroids)
 
 
-def _cluster(w: jax.Array, k: int, iterations: int, keep_zeros: bool):
-    """(codebook (k,), assignments uint8 like w, zero_reserved bool scalar)."""
+def _cluster(w: jax.Array, k: int, iterations: int, keep_zeros: bool) -> tuple[jax.Array, jax.Array]:
+    """``(codebook, assignments uint8 like w)``: k-means of the nonzero weights.
+
+    With ``keep_zeros`` the codebook has ``k + 1`` entries, the last the fixed
+    zero that the zero weights are assigned.
+    """
     w32 = w.astype(jnp.float32)
-    reserve = jnp.any(w32 == 0) if keep_zeros else jnp.bool_(False)
-    nonzero = w32 != 0
-
-    def plain():
-        return kmeans_1d(w32, k, iterations=iterations)
-
-    def reserved():  # k - 1 centroids cluster the nonzero weights; index 0 is the zero
-        c, a = kmeans_1d(w32, k - 1, iterations=iterations, where=nonzero)
-        return jnp.concatenate([jnp.zeros((1,), jnp.float32), c]), jnp.where(nonzero.reshape(-1), a + 1, 0)
-
-    codebook, assign = lax.cond(reserve, reserved, plain)
-    return codebook, assign.reshape(w.shape).astype(jnp.uint8), reserve
+    clustered = (w32 != 0) if keep_zeros else jnp.ones(w32.shape, bool)
+    codebook, assign = kmeans_1d(w32, k, iterations=iterations, where=clustered)
+    assign = jnp.where(clustered.reshape(-1), assign, k)
+    if keep_zeros:
+        codebook = jnp.concatenate([codebook, jnp.zeros((1,), jnp.float32)])
+    return codebook, assign.reshape(w.shape).astype(jnp.uint8)
 
 
 _cluster_jit = jax.jit(_cluster, static_argnums=(1, 2, 3))  # one compiled program per leaf shape
 
 
-def _effective(codebook: jax.Array, reserved: jax.Array) -> jax.Array:
-    """The codebook in use: entry 0 pinned at exactly 0.0 when reserved (and not trained)."""
-    pin = reserved & (jnp.arange(codebook.shape[0]) == 0)
-    return jnp.where(pin, jnp.zeros_like(codebook), codebook)
+def _members(w: Any) -> jax.Array | None:
+    """Flat indices of the nonzero weights of a mostly-pruned concrete leaf, else None."""
+    if isinstance(w, jax.core.Tracer):
+        return None
+    nonzero = np.asarray(w).reshape(-1) != 0
+    if nonzero.mean() > 0.5:  # gathering most of the leaf costs more than the scatter it saves
+        return None
+    return jnp.asarray(np.flatnonzero(nonzero), jnp.int32)
 
 
-def _reassign(w: jax.Array, codebook: jax.Array, reserved: jax.Array) -> jax.Array:
-    """Nearest centroid of the current (possibly unsorted) codebook; zeros keep the reserved 0.
+def _reassign(w: jax.Array, codebook: jax.Array, k: int, keep_zeros: bool) -> jax.Array:
+    """Index of the nearest of the ``k`` current (possibly unsorted) centroids; zeros get the fixed zero, ``k``.
 
     A running arg-min over the ``K`` centroids: ``O(n K)`` work, ``O(n)`` memory.
     """
@@ -146,14 +149,54 @@ def _reassign(w: jax.Array, codebook: jax.Array, reserved: jax.Array) -> jax.Arr
 
     def visit(j, carry):
         best, index = carry
-        usable = ~(reserved & (j == 0))
-        d = jnp.where(usable, jnp.abs(w32 - codebook[j]), jnp.inf)
+        d = jnp.abs(w32 - codebook[j])
         closer = d < best
         return jnp.where(closer, d, best), jnp.where(closer, j, index)
 
     init = (jnp.full(w32.shape, jnp.inf, jnp.float32), jnp.zeros(w32.shape, jnp.int32))
-    _, nearest = lax.fori_loop(0, codebook.shape[0], visit, init)
-    return jnp.where(reserved & (w32 == 0), 0, nearest).astype(jnp.uint8)
+    _, nearest = lax.fori_loop(0, k, visit, init)
+    if keep_zeros:
+        nearest = jnp.where(w32 == 0, k, nearest)
+    return nearest.astype(jnp.uint8)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
+def _codes(
+    w: jax.Array, codebook: jax.Array, assign: jax.Array, clustered: jax.Array, members: jax.Array | None, k: int
+) -> jax.Array:
+    """The centroid indices as float32 codes carrying the gradients of a codebook leaf.
+
+    ``assign`` is the current index of each weight (``k``: the fixed zero),
+    ``clustered`` the index clustering gave it. Backward: the weights get the
+    incoming gradient straight through, and each of the ``k`` centroids the
+    sum of its members' gradients. With ``members`` (the flat indices of
+    the weights that can be nonzero) the sum runs over those alone: a scatter
+    over the kept weights instead of the whole leaf, and the weights pruned
+    before clustering get no gradient, so they stay exactly zero under any
+    optimizer without weight decay.
+    """
+    del w, codebook, clustered, members, k
+    return assign.astype(jnp.float32)
+
+
+def _codes_fwd(w, codebook, assign, clustered, members, k):
+    return assign.astype(jnp.float32), (w, codebook, assign, clustered, members)
+
+
+def _codes_bwd(k, residuals, g):
+    w, codebook, assign, clustered, members = residuals
+    g_flat, index, live = g.reshape(-1), assign.reshape(-1).astype(jnp.int32), w.reshape(-1) != 0
+    if members is not None:
+        take = lambda a: jnp.take(a, members, mode="clip", indices_are_sorted=True, unique_indices=True)
+        g_flat, index, live = take(g_flat), take(index), take(live)
+    sums = jax.ops.segment_sum(jnp.where(live, g_flat, 0.0), index, num_segments=k + 1)[: codebook.shape[0]]
+    sums = jnp.where(jnp.arange(codebook.shape[0]) == k, 0.0, sums)  # the fixed zero is not trained
+    zeros = lambda a: None if a is None else np.zeros(a.shape, jax.dtypes.float0)
+    g_weights = g if members is None else jnp.where(clustered == k, jnp.zeros_like(g), g)
+    return g_weights, sums.astype(codebook.dtype), zeros(assign), zeros(clustered), zeros(members)
+
+
+_codes.defvjp(_codes_fwd, _codes_bwd)
 
 
 def kmeans(
@@ -161,18 +204,23 @@ def kmeans(
     *,
     iterations: int = 20,
     keep_zeros: bool = True,
+    recluster_at: int | None = None,
     reassign_every: int | None = None,
     rule: paths_lib.Rule = paths_lib.KERNELS,
 ) -> core.Quantizer:
     """K-means weight sharing with a trained codebook (see the module docstring).
 
     Args:
-      bits: ``log2`` of the codebook size, 2 to 8.
-      iterations: Lloyd iterations at ``init``.
-      keep_zeros: reserve a centroid pinned at 0.0 for exact zeros (pruned
-        weights) when a leaf has any.
+      bits: ``log2`` of the number of shared values, 2 to 8.
+      iterations: Lloyd iterations per clustering.
+      keep_zeros: zero is a fixed extra value of every codebook: exact zeros
+        (pruned weights), at any step, decode to exactly 0.0 and the
+        centroids cluster the nonzero weights.
+      recluster_at: also cluster again at this update (``0``: the first one,
+        after a chained one-shot pruner has pruned), under ``lax.cond``;
+        ``None`` (default): cluster once, at ``init``.
       reassign_every: re-assign weights to their nearest centroid every this
-        many updates (``None``: assignments fixed after ``init``).
+        many updates (``None``: assignments fixed after clustering).
       rule: which leaves to quantize (default: ``ndim >= 2``).
 
     Returns:
@@ -181,9 +229,9 @@ def kmeans(
     Example:
       >>> import jax.numpy as jnp, jaxcompress as jc
       >>> params = {"w": jnp.array([[0.0, 0.1], [0.9, 1.1]])}
-      >>> q, state = jc.compress(jc.quant.kmeans(2), params)
-      >>> q["w"].tolist()  # 0.0 keeps its own centroid; 0.9 and 1.1 share one
-      [[0.0, 0.10000000149011612], [1.0, 1.0]]
+      >>> q, state = jc.compress(jc.quant.kmeans(1 + 1), params)
+      >>> q["w"].tolist()  # 0.0 stays exactly zero; the 4 centroids share the others
+      [[0.0, 0.10000000149011612], [0.8999999761581421, 1.100000023841858]]
 
     References:
       Han, Mao & Dally, "Deep Compression", 2016. https://arxiv.org/abs/1510.00149
@@ -191,45 +239,57 @@ def kmeans(
     bits = check_bits(bits)
     iterations = validate.check_int(iterations, argument="iterations", minimum=0)
     check_bool(keep_zeros, argument="keep_zeros")
+    if recluster_at is not None:
+        recluster_at = validate.check_int(recluster_at, argument="recluster_at", minimum=0)
     if reassign_every is not None:
         reassign_every = validate.check_int(reassign_every, argument="reassign_every", minimum=1)
     selector = paths_lib.as_selector(rule)
-    k = 2**bits
+    # With the fixed zero the codebook has k + 1 entries; they index as uint8.
+    k = min(2**bits, 255) if keep_zeros else 2**bits
+    compact = keep_zeros and recluster_at is None and reassign_every is None
 
     def init(params: Any) -> KMeansState:
         flat, selected = validate.selected_weights(selector, params)
-        codebooks, assignments, reserved = {}, {}, {}
+        codebooks, assignments, members = {}, {}, {}
         for p in selected:
-            codebooks[p], assignments[p], reserved[p] = _cluster_jit(flat[p], k, iterations, keep_zeros)
-        return KMeansState(jnp.zeros([], jnp.int32), assignments, reserved, core.Learned(codebooks))
+            codebooks[p], assignments[p] = _cluster_jit(flat[p], k, iterations, keep_zeros)
+            found = _members(flat[p]) if compact else None
+            if found is not None:
+                members[p] = found
+        return KMeansState(jnp.zeros([], jnp.int32), assignments, members, core.Learned(codebooks))
 
     def update(params: Any, state: KMeansState, grads: Any = None, **extra_args) -> KMeansState:
         del grads, extra_args
         leaves = paths_lib.leaves_at(params, state.assignments)
         paths = list(state.assignments)
-        current = (dict(state.learned.values), dict(state.assignments), dict(state.zero_reserved))
+        codebooks, assignments = dict(state.learned.values), dict(state.assignments)
+        if recluster_at is not None:
 
-        def cluster():
-            found = {p: _cluster(leaves[p], k, iterations, keep_zeros) for p in paths}
-            return tuple({p: found[p][i] for p in paths} for i in range(3))
+            def cluster():
+                found = {p: _cluster(leaves[p], k, iterations, keep_zeros) for p in paths}
+                return {p: found[p][0] for p in paths}, {p: found[p][1] for p in paths}
 
-        codebooks, assignments, reserved = lax.cond(state.count == 0, cluster, lambda: current)
+            codebooks, assignments = lax.cond(state.count == recluster_at, cluster, lambda: (codebooks, assignments))
         count = safe_increment(state.count)
         if reassign_every is not None:
 
             def reassign():
-                return {p: _reassign(leaves[p], codebooks[p], reserved[p]) for p in paths}
+                return {p: _reassign(leaves[p], codebooks[p], k, keep_zeros) for p in paths}
 
             assignments = lax.cond(count % reassign_every == 0, reassign, lambda: assignments)
-        return KMeansState(count, assignments, reserved, core.Learned(codebooks))
+        return KMeansState(count, assignments, state.members, core.Learned(codebooks))
 
     def quantize(params: Any, state: KMeansState) -> dict[str, IntegerWeights]:
         out = {}
         for p, w in paths_lib.leaves_at(params, state.assignments).items():
-            codes = straight_through(w.astype(jnp.float32), state.assignments[p].astype(jnp.float32))
+            learned, assign = state.learned.values[p], state.assignments[p]
+            clustered, codebook = assign, learned
+            if keep_zeros:  # pruned at any step: the fixed zero, index k (pinned, though its gradient is 0)
+                assign = jnp.where(w == 0, jnp.uint8(k), assign)
+                codebook = jnp.where(jnp.arange(k + 1) == k, jnp.zeros_like(learned), learned)
+            codes = _codes(w.astype(jnp.float32), learned, assign, clustered, state.members.get(p), k)
             scale = jnp.ones((1,) * w.ndim, jnp.float32)
-            codebook = _effective(state.learned.values[p], state.zero_reserved[p])
-            out[p] = IntegerWeights(codes, scale, None, bits, False, codebook=codebook)
+            out[p] = IntegerWeights(codes, scale, None, bits, False, codebook=lax.stop_gradient(codebook))
         return out
 
     return core.Quantizer(init, update, quantize)
