@@ -4,7 +4,8 @@ Weight quantizers are :class:`jaxcompress.Quantizer` s: :func:`uniform` (affine:
 symmetric/asymmetric, signed/unsigned, per tensor/channel/group,
 nearest/stochastic rounding), :func:`symmetric`, :func:`int8`, :func:`lsq`
 (learned step size), :func:`log2` (power of two), :func:`kmeans` (codebook,
-weight sharing); :func:`mixed_precision` chains them by path rule.
+weight sharing); :func:`mixed_precision` chains them by path rule;
+:func:`half_precision` rounds biases (any float leaf) to float16/bfloat16.
 
 Activations: :func:`activations` (a transform selecting layers by module path;
 dynamic, static, LSQ or PACT ranges), installed around ``model.apply`` by
@@ -26,6 +27,7 @@ from jaxcompress._src.quant.fold import fold_batchnorm, infer_batchnorm_pairs
 from jaxcompress._src.quant.granularity import Granularity, per_channel, per_group, per_tensor
 from jaxcompress._src.quant.grid import InputQuant, Range, affine_params, int_range, quantize_input
 from jaxcompress._src.quant.hooks import Observed, quantize_activations
+from jaxcompress._src.quant.half import VECTORS, HalfPrecisionState, half_precision
 from jaxcompress._src.quant.kmeans import KMeansState, kmeans, kmeans_1d
 from jaxcompress._src.quant.log2 import Log2State, log2, log2_codebook, log2_quantize
 from jaxcompress._src.quant.lsq import LSQState, lsq, lsq_fake_quant, lsq_init_step
@@ -46,6 +48,7 @@ __all__ = [
     "ActivationConfig",
     "ActivationsState",
     "Granularity",
+    "HalfPrecisionState",
     "InputQuant",
     "KMeansState",
     "LSQState",
@@ -53,12 +56,14 @@ __all__ = [
     "Observed",
     "Range",
     "UniformState",
+    "VECTORS",
     "activations",
     "affine_params",
     "calibrate",
     "clip_ste",
     "fake_quant",
     "floor_ste",
+    "half_precision",
     "fold_batchnorm",
     "infer_batchnorm_pairs",
     "input_quantization",

@@ -42,6 +42,8 @@ METHODS = {
     "lsq": lambda: jc.quant.lsq(4),
     "log2": lambda: jc.quant.log2(4),
     "kmeans": lambda: jc.quant.kmeans(3, iterations=3, reassign_every=2),
+    "kmeans-float16-codebook-recluster": lambda: jc.quant.kmeans(2, recluster_at=1, codebook_dtype="float16"),
+    "half-precision": lambda: jc.chain(jc.quant.int8(), jc.quant.half_precision()),
     "mixed-precision": lambda: jc.quant.mixed_precision({"Conv": 8, "Dense_0": 4}, default=2),
     "activations-static": lambda: jc.chain(jc.quant.int8(), jc.quant.activations(8, mode="static")),
     "activations-lsq": lambda: jc.quant.activations(4, mode="lsq", rule="Dense"),

@@ -224,3 +224,21 @@ def test_loads_with_only_jax_and_numpy(saved, built):
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=root, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "jaxcompress.optim" not in done.stdout and "jaxcompress.export.builder" not in done.stdout
+
+
+def test_half_precision_biases_and_codebooks_are_stored_in_two_bytes(tmp_path):
+    model = ConvDenseNet(hidden=64)
+    x = jax.random.uniform(jax.random.key(0), (16, 8, 8, 1))
+    variables = model.init(jax.random.key(1), x)
+    variables = {"params": jax.tree.map(lambda a: a + 0.01 * jax.numpy.ones_like(a), variables["params"])}
+    kmeans = jc.quant.kmeans(3, codebook_dtype="float16", rule="Dense_0/kernel")
+    recipe = jc.chain(jc.prune.magnitude(0.8), kmeans, jc.quant.int8(rule="Conv.*kernel"), jc.quant.half_precision())
+    cstate = recipe.update(variables["params"], recipe.init(variables["params"]))
+    ex = jc.export.export(model, variables, recipe, cstate, x, dispatch="int8")
+    leaves = ex.report["leaves"]
+    assert leaves["layers/Dense_0/bias"] == {"storage": "float16", "bytes": 2 * 64}
+    assert leaves["Dense_0"]["parts"]["codebook"]["storage"] == "float16"
+    ex.save(tmp_path / "m.jcx")
+    np.testing.assert_array_equal(jc.export.load(tmp_path / "m.jcx")(x), ex(x))
+    trained = model.apply({"params": recipe.apply(variables["params"], cstate)}, x)
+    assert float(np.max(np.abs(np.asarray(ex(x)) - np.asarray(trained)))) < 0.1  # int8 conv inputs only

@@ -165,3 +165,40 @@ def test_mixed_precision_first_rule_wins(params):
         jc.quant.mixed_precision({"Dense": 4, "Dense_1": 2}).init(params)  # Dense_1 already taken
     lsq_mixed = jc.quant.mixed_precision({"Conv": 8, "Dense": 4}, method=jc.quant.lsq, granularity="tensor")
     assert len(jc.learned_params(lsq_mixed.init(params))) == 2
+
+
+def test_kmeans_codebook_dtype_rounds_the_shared_values_straight_through(params):
+    recipe = jc.quant.kmeans(3, codebook_dtype="float16", rule="Dense_0/kernel")
+    state = recipe.init(params)
+    (iw,) = jc.integer_weights(recipe, params, state).values()
+    codebook = np.asarray(iw.codebook)
+    np.testing.assert_array_equal(codebook.astype(np.float16).astype(np.float32), codebook)
+    learned = np.asarray(state.learned.values["Dense_0/kernel"])
+    np.testing.assert_array_equal(codebook, learned.astype(np.float16).astype(np.float32))
+    assert not np.array_equal(learned, codebook)  # k-means centroids are not float16 values themselves
+    upstream = jax.random.normal(jax.random.key(5), params["Dense_0"]["kernel"].shape)
+    loss = lambda p, c: jnp.sum(recipe.apply(p, c)["Dense_0"]["kernel"] * upstream)
+    _, _, (g,) = jc.optim.value_and_grad(loss)(params, state)
+    index = np.asarray(state.assignments["Dense_0/kernel"]).reshape(-1)
+    expected = np.bincount(index, weights=np.asarray(upstream).reshape(-1), minlength=9)
+    np.testing.assert_allclose(g.values["Dense_0/kernel"], expected, rtol=1e-5, atol=1e-4)  # float32 sums
+    with pytest.raises(ValueError, match="codebook_dtype"):
+        jc.quant.kmeans(3, codebook_dtype="float8")
+
+
+def test_half_precision_rounds_vectors_straight_through_and_refuses_overflow(params):
+    recipe = jc.quant.half_precision()
+    out, state = jc.compress(recipe, params)
+    for path, leaf in jc.paths.flatten(params)[0].items():
+        got = np.asarray(jc.paths.flatten(out)[0][path])
+        want = np.asarray(leaf).astype(np.float16).astype(np.float32) if np.ndim(leaf) <= 1 else np.asarray(leaf)
+        np.testing.assert_array_equal(got, want)
+    grads = jax.grad(lambda p: sum(jnp.sum(v * 3.0) for v in jax.tree.leaves(recipe.apply(p, state))))(params)
+    for g in jax.tree.leaves(grads):
+        np.testing.assert_array_equal(g, 3.0)
+    big = {"b": jnp.array([1e5, 1.0])}
+    with pytest.raises(ValueError, match="beyond float16's range"):
+        jc.quant.half_precision().init(big)
+    assert float(jc.compress(jc.quant.half_precision("bfloat16"), big)[0]["b"][0]) == 99840.0
+    with pytest.raises(ValueError, match="dtype"):
+        jc.quant.half_precision("float8")

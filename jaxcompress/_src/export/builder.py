@@ -34,7 +34,9 @@ class Exported(artifact.Artifact):
 
     @property
     def report(self) -> dict:
-        """What was exported: per-layer path choices and timings, per-leaf storage and bytes."""
+        """What was exported: per-layer compute and timings, per-layer storage (the format chosen for its
+        codes and the bytes of every format tried) and bytes; after :meth:`save`, the file's section bytes.
+        The saved file's metadata keeps the chosen formats, not the sizes of every format tried."""
         return self.metadata
 
     def stablehlo(self) -> str:

@@ -56,6 +56,8 @@ from jaxcompress._src.quant.grid import check_bits, check_bool
 
 __all__ = ["KMeansState", "kmeans", "kmeans_1d"]
 
+_CODEBOOK_DTYPES = {"float32": jnp.float32, "float16": jnp.float16, "bfloat16": jnp.bfloat16}
+
 
 class KMeansState(NamedTuple):
     """State of :func:`kmeans`."""
@@ -206,6 +208,7 @@ def kmeans(
     keep_zeros: bool = True,
     recluster_at: int | None = None,
     reassign_every: int | None = None,
+    codebook_dtype: str = "float32",
     rule: paths_lib.Rule = paths_lib.KERNELS,
 ) -> core.Quantizer:
     """K-means weight sharing with a trained codebook (see the module docstring).
@@ -221,6 +224,10 @@ def kmeans(
         ``None`` (default): cluster once, at ``init``.
       reassign_every: re-assign weights to their nearest centroid every this
         many updates (``None``: assignments fixed after clustering).
+      codebook_dtype: the precision the shared values take in the forward
+        pass and in storage: ``"float32"``, or ``"float16"`` / ``"bfloat16"``
+        (2 bytes per entry in an artifact; the optimizer still trains float32
+        centroids, rounded straight through).
       rule: which leaves to quantize (default: ``ndim >= 2``).
 
     Returns:
@@ -243,6 +250,9 @@ def kmeans(
         recluster_at = validate.check_int(recluster_at, argument="recluster_at", minimum=0)
     if reassign_every is not None:
         reassign_every = validate.check_int(reassign_every, argument="reassign_every", minimum=1)
+    if codebook_dtype not in _CODEBOOK_DTYPES:
+        raise ValueError(f"`codebook_dtype` must be one of {sorted(_CODEBOOK_DTYPES)}, got {codebook_dtype!r}.")
+    precision = _CODEBOOK_DTYPES[codebook_dtype]
     selector = paths_lib.as_selector(rule)
     # With the fixed zero the codebook has k + 1 entries; they index as uint8.
     k = min(2**bits, 255) if keep_zeros else 2**bits
@@ -283,10 +293,10 @@ def kmeans(
         out = {}
         for p, w in paths_lib.leaves_at(params, state.assignments).items():
             learned, assign = state.learned.values[p], state.assignments[p]
-            clustered, codebook = assign, learned
+            clustered, codebook = assign, learned.astype(precision).astype(jnp.float32)
             if keep_zeros:  # pruned at any step: the fixed zero, index k (pinned, though its gradient is 0)
                 assign = jnp.where(w == 0, jnp.uint8(k), assign)
-                codebook = jnp.where(jnp.arange(k + 1) == k, jnp.zeros_like(learned), learned)
+                codebook = jnp.where(jnp.arange(k + 1) == k, jnp.zeros_like(codebook), codebook)
             codes = _codes(w.astype(jnp.float32), learned, assign, clustered, state.members.get(p), k)
             scale = jnp.ones((1,) * w.ndim, jnp.float32)
             out[p] = IntegerWeights(codes, scale, None, bits, False, codebook=lax.stop_gradient(codebook))
