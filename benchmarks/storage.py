@@ -190,6 +190,9 @@ def deep_compression(name, model, ds, args, directory):
         f"{name}_section_bytes": sections,
         f"{name}_kept_fraction": {p: round(v, 4) for p, v in kept.items()},
         f"{name}_formats": layers,
+        f"{name}_layers_compute": {
+            p: f"{v['compute']}, input {v['input_quantization'] or 'as is'}" for p, v in ex.report["layers"].items()
+        },
         f"{name}_codes_bytes_by_coder": coders,
         f"bits_per_kept_weight_{name}": round(8 * sections["weights"] / kept_weights, 2),
         f"{name}_size_report_exact": bool(exact),

@@ -26,8 +26,8 @@ from jaxcompress._src.quant.calibration import calibrate, observe_range
 from jaxcompress._src.quant.fold import fold_batchnorm, infer_batchnorm_pairs
 from jaxcompress._src.quant.granularity import Granularity, per_channel, per_group, per_tensor
 from jaxcompress._src.quant.grid import InputQuant, Range, affine_params, int_range, quantize_input
-from jaxcompress._src.quant.hooks import Observed, quantize_activations
 from jaxcompress._src.quant.half import VECTORS, HalfPrecisionState, half_precision
+from jaxcompress._src.quant.hooks import Observed, quantize_activations
 from jaxcompress._src.quant.kmeans import KMeansState, kmeans, kmeans_1d
 from jaxcompress._src.quant.log2 import Log2State, log2, log2_codebook, log2_quantize
 from jaxcompress._src.quant.lsq import LSQState, lsq, lsq_fake_quant, lsq_init_step
@@ -45,6 +45,7 @@ from jaxcompress._src.quant.ste import (
 from jaxcompress._src.quant.uniform import UniformState, fake_quant, int8, quantize, symmetric, uniform
 
 __all__ = [
+    "VECTORS",
     "ActivationConfig",
     "ActivationsState",
     "Granularity",
@@ -56,15 +57,14 @@ __all__ = [
     "Observed",
     "Range",
     "UniformState",
-    "VECTORS",
     "activations",
     "affine_params",
     "calibrate",
     "clip_ste",
     "fake_quant",
     "floor_ste",
-    "half_precision",
     "fold_batchnorm",
+    "half_precision",
     "infer_batchnorm_pairs",
     "input_quantization",
     "int8",

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 from jaxcompress._src import core, validate
 from jaxcompress._src import paths as paths_lib
 
-__all__ = ["HalfPrecisionState", "VECTORS", "half_precision"]
+__all__ = ["VECTORS", "HalfPrecisionState", "half_precision"]
 
 VECTORS = paths_lib.Selector(lambda _, x: jnp.ndim(x) <= 1, "ndim <= 1")
 """Every leaf with at most one dimension: biases, normalization scales and offsets."""
