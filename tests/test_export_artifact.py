@@ -242,3 +242,104 @@ def test_half_precision_biases_and_codebooks_are_stored_in_two_bytes(tmp_path):
     np.testing.assert_array_equal(jc.export.load(tmp_path / "m.jcx")(x), ex(x))
     trained = model.apply({"params": recipe.apply(variables["params"], cstate)}, x)
     assert float(np.max(np.abs(np.asarray(ex(x)) - np.asarray(trained)))) < 0.1  # int8 conv inputs only
+
+
+def _rewritten(data: bytes, header: dict, payload: bytes | None = None) -> bytes:
+    """An artifact with ``header`` (and ``payload``) swapped in and a valid checksum: what a crafted file looks like."""
+    if payload is None:
+        payload = data[16 + struct.unpack_from("<I", data, 12)[0] : -32]
+    head = zlib.compress(json.dumps(header).encode())
+    body = struct.pack("<8sII", b"JAXCMPRS", 2, len(head)) + head + payload
+    return body + hashlib.sha256(body).digest()
+
+
+def test_crafted_headers_and_sections_are_refused_with_a_value_error(saved):
+    path, _ = saved
+    data = path.read_bytes()
+    header, _ = artifact.read_header(data)
+    arrays = header["arrays"]
+    stored = next(i for i, m in enumerate(arrays) if m["nbytes"])
+    codes = next(i for i, m in enumerate(arrays) if m["encoding"] == "codes")
+
+    def edit(i, **changes):
+        return {**header, "arrays": [{**m, **changes} if j == i else m for j, m in enumerate(arrays)]}
+
+    crafted = [
+        edit(stored, nbytes=-1),
+        edit(stored, nbytes=arrays[stored]["nbytes"] + 1),
+        edit(stored, dtype="object"),
+        edit(stored, dtype="float64"),
+        edit(stored, shape=[2**40]),
+        edit(stored, shape=[-3, 4]),
+        edit(stored, shape="12"),
+        edit(stored, encoding="pickle"),
+        edit(codes, codec={**arrays[codes]["codec"], "shape": [10**9]}),
+        edit(codes, offset=10**6),
+        edit(codes, codec="garbage"),
+        {**header, "arrays": [*arrays[:stored], ["not", "a", "dict"], *arrays[stored + 1 :]]},
+        {**header, "arrays": arrays[:-1]},
+        {**header, "program": {"coder": "bz2", "nbytes": header["program"]["nbytes"]}},
+        {**header, "program": {"coder": "raw", "nbytes": -5}},
+        {k: v for k, v in header.items() if k != "program"},
+    ]
+    for mutation in crafted:
+        path.write_bytes(_rewritten(data, mutation))
+        with pytest.raises(ValueError):
+            jc.export.load(path)
+    # a garbage program section, checksum recomputed
+    n = header["program"]["nbytes"]
+    payload = data[16 + struct.unpack_from("<I", data, 12)[0] : -32]
+    garbage = bytes(np.random.default_rng(0).integers(0, 256, n, dtype=np.uint8))
+    path.write_bytes(_rewritten(data, {**header, "program": {"coder": "raw", "nbytes": n}}, garbage + payload[n:]))
+    with pytest.raises(ValueError, match="program section"):
+        jc.export.load(path)
+
+
+def test_random_byte_mutations_never_crash_the_loader(saved, built):
+    """Seeded mutations of the header's values and of the payload, checksums recomputed: an error or the model."""
+    path, _ = saved
+    ex, x, _ = built
+    data = path.read_bytes()
+    header, _ = artifact.read_header(data)
+    payload = data[16 + struct.unpack_from("<I", data, 12)[0] : -32]
+    rng = np.random.default_rng(0)
+    replacements = [0, -1, 1, 2**31, 2**62, 1.5, "x", None, [], {}, True, [1, 2]]
+    expected = np.asarray(ex(x))
+    for case in range(60):
+        mutated = json.loads(json.dumps(header))
+        body = bytearray(payload)
+        if case % 2:
+            entry = mutated["arrays"][int(rng.integers(len(mutated["arrays"])))]
+            key = sorted(entry)[int(rng.integers(len(entry)))]
+            entry[key] = replacements[int(rng.integers(len(replacements)))]
+        else:
+            for i in rng.integers(header["program"]["nbytes"], len(body), 3):
+                body[int(i)] ^= int(rng.integers(1, 256))
+        path.write_bytes(_rewritten(data, mutated, bytes(body)))
+        try:
+            loaded = jc.export.load(path)
+        except ValueError:
+            continue
+        out = np.asarray(loaded(x))  # loaded anyway: a flip the format cannot see (a value bit) or a harmless edit
+        assert out.shape == expected.shape
+
+
+def test_metadata_is_json_at_export_and_a_directory_is_not_a_file(built, tmp_path):
+    _, x, variables = built
+    model = ConvDenseNet(hidden=64)
+    recipe, cstate = built_recipe(variables)
+    accuracy = {"numpy": np.float32(0.9), "jax": jax.numpy.float32(0.5), "python": 1}
+    ex = jc.export.export(model, variables, recipe, cstate, x, dispatch="int8", accuracy=accuracy)
+    assert ex.report["accuracy"] == {"numpy": float(np.float32(0.9)), "jax": 0.5, "python": 1.0}
+    ex.save(tmp_path / "m.jcx")
+    assert jc.export.load(tmp_path / "m.jcx").metadata["accuracy"]["jax"] == 0.5
+    for bad, error in (({"test": "high"}, TypeError), ({"test": np.ones(2)}, TypeError), ({"t": np.nan}, ValueError)):
+        with pytest.raises(error, match="accuracy"):
+            jc.export.export(model, variables, recipe, cstate, x, dispatch="int8", accuracy=bad)
+    with pytest.raises(TypeError, match="description"):
+        jc.export.export(model, variables, recipe, cstate, x, dispatch="int8", description=3)
+    target = tmp_path / "a_directory"
+    target.mkdir()
+    with pytest.raises(IsADirectoryError, match="directory"):
+        ex.save(target)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_directory", "m.jcx"]

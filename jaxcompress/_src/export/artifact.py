@@ -34,6 +34,7 @@ from __future__ import annotations
 import hashlib
 import json
 import lzma
+import math
 import os
 import struct
 import tempfile
@@ -53,6 +54,7 @@ FORMAT_VERSION = 2
 _PREFIX = struct.Struct("<8sII")
 _DIGEST = 32
 _LZMA_FILTERS = [{"id": lzma.FILTER_LZMA2, "preset": 9 | lzma.PRESET_EXTREME}]
+_MAX_ELEMENTS = 1 << 34  # a bound on one stored array, so a crafted shape cannot ask for terabytes
 
 
 def compress(data: bytes) -> tuple[str, bytes]:
@@ -120,19 +122,28 @@ def _decode(meta: Mapping[str, Any], blob: bytes, arrays: Mapping[str, np.ndarra
     shape = tuple(int(d) for d in meta["shape"])
     if any(d < 0 for d in shape):
         raise ValueError(f"negative dimension in shape {shape}")
-    size = int(np.prod(shape, dtype=np.int64))
+    size = math.prod(shape)
+    if size > _MAX_ELEMENTS:
+        raise ValueError(f"shape {shape} has {size} elements, more than any leaf this format stores")
     encoding = meta["encoding"]
     if encoding == "raw":
-        dtype = np.dtype(meta["dtype"])
+        dtype = _numeric_dtype(meta["dtype"])
         if len(blob) != size * dtype.itemsize:
             raise ValueError(f"stored {len(blob)} bytes, expected {size * dtype.itemsize}")
         out = np.frombuffer(blob, dtype).reshape(shape)
-        return out.astype(np.dtype(meta.get("as", meta["dtype"])))
+        return out.astype(_numeric_dtype(meta.get("as", meta["dtype"])))
     if encoding == "codes":
         unsigned = codec.decode(meta["codec"], blob)
         if unsigned.shape != shape:
             raise ValueError(f"decoded shape {unsigned.shape}, expected {shape}")
-        return (unsigned.astype(np.int32) - int(meta["offset"])).astype(np.dtype(meta["dtype"]))
+        dtype = np.dtype(meta["dtype"])
+        if dtype not in (np.int8, np.uint8):
+            raise ValueError(f"codes are stored as int8 or uint8, not {dtype}")
+        codes = unsigned.astype(np.int32) - int(meta["offset"])
+        info = np.iinfo(dtype)
+        if codes.size and (codes.min() < info.min or codes.max() > info.max):
+            raise ValueError(f"codes span [{codes.min()}, {codes.max()}], outside {dtype}")
+        return codes.astype(dtype)
     if blob:
         raise ValueError(f"a {encoding!r} entry stores no bytes, found {len(blob)}")
     if encoding == "derived":
@@ -145,7 +156,7 @@ def _decode(meta: Mapping[str, Any], blob: bytes, arrays: Mapping[str, np.ndarra
                 out = out.reshape(-1, out.shape[-1]).T
         if out.size != size:
             raise ValueError(f"derived {out.size} values from {meta['source']!r}, expected {size}")
-        return np.ascontiguousarray(out.reshape(shape).astype(np.dtype(meta["dtype"])))
+        return np.ascontiguousarray(out.reshape(shape).astype(_numeric_dtype(meta["dtype"])))
     if encoding == "codebook":
         indices = arrays[meta["indices"]].astype(np.int64)
         codebook = arrays[meta["codebook"]]
@@ -166,11 +177,19 @@ def _decode(meta: Mapping[str, Any], blob: bytes, arrays: Mapping[str, np.ndarra
     raise ValueError(f"unknown encoding {encoding!r}")
 
 
+def _numeric_dtype(name: Any) -> np.dtype:
+    """A stored array's dtype: a numeric or boolean numpy dtype, nothing else (never ``object``)."""
+    dtype = np.dtype(name)
+    if dtype.kind not in "fiub" or dtype.itemsize > 8:
+        raise ValueError(f"dtype {name!r} is not one this format stores")
+    return dtype
+
+
 def decode_entry(name: str, meta: Mapping[str, Any], blob: bytes, arrays: Mapping[str, np.ndarray]) -> np.ndarray:
     """One directory entry decoded (``arrays``: the entries before it); any inconsistency is a ValueError."""
     try:
         return _decode(meta, blob, arrays)
-    except (KeyError, ValueError, TypeError, IndexError) as e:
+    except (AttributeError, IndexError, KeyError, OverflowError, TypeError, ValueError) as e:
         raise ValueError(f"array {name!r}: {type(e).__name__}: {e}") from None
 
 
@@ -183,9 +202,13 @@ def decode_all(directory: list[Mapping[str, Any]], blobs: list[bytes]) -> dict[s
 
 
 def _expand(a: np.ndarray, meta: Mapping[str, Any]) -> np.ndarray:
-    if meta.get("group_size"):
-        return np.repeat(a, int(meta["group_size"]), axis=int(meta["group_axis"]))
-    return a
+    if not meta.get("group_size"):
+        return a
+    size, axis = int(meta["group_size"]), int(meta["group_axis"])
+    shape = tuple(int(d) for d in meta["shape"])
+    if not (0 <= axis < a.ndim == len(shape)) or size < 1 or a.shape[axis] * size != shape[axis]:
+        raise ValueError(f"groups of {size} along axis {axis} of {a.shape} do not give shape {shape}")
+    return np.repeat(a, size, axis=axis)
 
 
 class Artifact:
@@ -239,7 +262,10 @@ def write(path: str | os.PathLike, program: bytes, stored: list[tuple[str, dict,
 def _write_atomically(path: str | os.PathLike, data: bytes) -> None:
     """``data`` under ``path``, or nothing: a unique temporary file, fsync-ed, then renamed over it."""
     path = os.fspath(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=os.path.dirname(path) or ".")
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"cannot save an artifact to {path!r}: it is a directory; give a file path.")
+    directory = os.path.dirname(path) or "."
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -250,6 +276,21 @@ def _write_atomically(path: str | os.PathLike, data: bytes) -> None:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+    _fsync_directory(directory)
+
+
+def _fsync_directory(directory: str) -> None:
+    """Makes the rename durable (POSIX); a platform that cannot open directories skips it."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def read_header(data: bytes, *, source: str = "artifact") -> tuple[dict, memoryview]:
@@ -314,10 +355,13 @@ def load(path: str | os.PathLike) -> Artifact:
     try:
         program, blobs = split_payload(header, payload)
         flat = decode_all(header["arrays"], blobs)
-        exported = jax.export.deserialize(bytearray(program))
         leaves = [flat[m["name"]] for m in header["arrays"] if not m.get("internal")]
-    except (KeyError, TypeError, ValueError) as e:
+    except (AttributeError, KeyError, TypeError, ValueError) as e:
         raise ValueError(f"{source} has an inconsistent header or payload ({type(e).__name__}: {e}).") from None
+    try:
+        exported = jax.export.deserialize(bytearray(program))
+    except Exception as e:  # a crafted section fails anywhere inside the deserializer
+        raise ValueError(f"{source}: its program section does not deserialize ({type(e).__name__}: {e}).") from None
     _check_signature(exported, leaves, source)
     (weights, _), _ = jax.tree_util.tree_unflatten(exported.in_tree, [*leaves, None])
     return Artifact(exported, weights, header["metadata"])

@@ -119,6 +119,7 @@ def export(
       An :class:`Exported`: call it, ``save`` it, read its ``report``.
     """
     _check_dispatch(dispatch)
+    accuracy = _check_metadata(description, accuracy)
     prep = _prepare(model, variables, recipe, cstate, example, apply_kwargs, activations, remove_pruned_channels)
     example, plans, candidates = prep.example, prep.plans, prep.candidates
     choices = {}
@@ -157,7 +158,7 @@ def export(
         "notes": prep.notes,
         "leaves": leaves,
         "weight_bytes": sum(v["bytes"] for v in leaves.values()),
-        "accuracy": dict(accuracy or {}),
+        "accuracy": accuracy,
         "jax_version": jax.__version__,
         "platforms": list(exported.platforms),
     }
@@ -312,6 +313,26 @@ def _check_inputs(model, variables, recipe, example, activations) -> None:
         raise ValueError(
             f"`activations` must be 'auto', 'dynamic' or {{module_path: InputQuant}}, got {activations!r}."
         )
+
+
+def _check_metadata(description: Any, accuracy: Any) -> dict[str, float]:
+    """``accuracy`` as plain floats (numpy and JAX scalars converted), so the metadata saves as JSON."""
+    if description is not None and not isinstance(description, str):
+        raise TypeError(f"`description` must be a string or None, got {type(description).__name__}.")
+    if accuracy is None:
+        return {}
+    if not isinstance(accuracy, Mapping):
+        raise TypeError(f"`accuracy` must be a mapping of names to numbers, got {type(accuracy).__name__}.")
+    out = {}
+    for key, value in accuracy.items():
+        if not isinstance(key, str):
+            raise TypeError(f"`accuracy` keys must be strings, got {key!r}.")
+        if isinstance(value, bool) or np.ndim(value) != 0 or not np.issubdtype(np.asarray(value).dtype, np.number):
+            raise TypeError(f"`accuracy[{key!r}]` must be a number (Python, numpy or JAX scalar), got {value!r}.")
+        out[key] = float(value)
+        if not np.isfinite(out[key]):
+            raise ValueError(f"`accuracy[{key!r}]` must be finite, got {out[key]}.")
+    return out
 
 
 def _check_dispatch(dispatch) -> None:
