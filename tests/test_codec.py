@@ -400,3 +400,13 @@ def test_layer_sized_leaf():
     e = codec.encode(x, 6, background=32)
     np.testing.assert_array_equal(codec.decode(e.meta, e.blob), x)
     assert e.meta["format"] == "relative" and len(e.blob) < keep.sum() * (6 + 4) / 8
+
+
+def test_dictionary_coders_win_where_a_stream_repeats():
+    # A repeated pattern: every symbol equally frequent (Huffman gains nothing), LZ-style coders everything.
+    pattern = np.random.default_rng(0).integers(0, 16, 37).astype(np.uint8)
+    x = np.resize(pattern, (300, 200))
+    e = codec.encode(x, 4)
+    assert {s["coder"] for s in e.meta["streams"]} <= {"zlib", "lzma"}
+    assert len(e.blob) < x.size * 4 / 8 / 20
+    np.testing.assert_array_equal(codec.decode(e.meta, e.blob), x)

@@ -17,6 +17,9 @@ pruning, relative indices and Huffman coding. Every candidate layout below is tr
 A layout is a list of integer *streams* (the mask, gaps, slots, values). Each stream is stored with the
 smallest of four coders: ``packed`` (fixed width, little-endian bits), ``huffman`` (canonical, code lengths at
 most 15 bits, table of one four-bit length per symbol), ``zlib`` and raw ``lzma`` (one byte per symbol).
+Every layout is sized exactly under packing and Huffman without encoding; zlib and LZMA, far slower and
+only better where a stream has structure beyond its symbol frequencies, are tried on the two layouts
+smallest without them.
 The blob is the concatenation of the coded streams; ``meta`` says how to split and read it. The decoder needs
 only numpy and the standard library, checks everything it reads and raises ``ValueError`` on any
 inconsistency. Encoding is deterministic.
@@ -43,7 +46,7 @@ _FORMATS = ("dense", "bitmask", "relative", "nm")
 _ORDERS = ("row", "column")
 _GROUPS = (4, 8, 16)
 _MAX_LEN = 15  # longest Huffman code
-_EXPENSIVE_WIDTHS = 2  # index widths whose gap streams also try zlib and lzma
+_EXPENSIVE_LAYOUTS = 2  # the layouts smallest under packed/Huffman that also try zlib and LZMA
 
 Stream = tuple[str, np.ndarray, int]  # name, uint8 symbols, alphabet size
 
@@ -184,9 +187,14 @@ def _huffman_decode(data: bytes, count: int, alphabet: int, what: str) -> np.nda
 
 
 def _lzma_filters(count: int) -> list[dict[str, int]]:
-    """Preset 9 | extreme, with the dictionary sized to the data (the decoder derives it from the count)."""
+    """LZMA2 with the dictionary sized to the data (the decoder derives it from the count).
+
+    Preset 9 | extreme up to a million symbols; plain 9 beyond, where extreme costs seconds a stream
+    (the preset only steers the encoder's search, the decoder needs the dictionary size alone).
+    """
     dict_size = 1 << max(12, min(26, _width(count)))
-    return [{"id": lzma.FILTER_LZMA2, "preset": 9 | lzma.PRESET_EXTREME, "dict_size": dict_size}]
+    preset = 9 | lzma.PRESET_EXTREME if count <= 1 << 20 else 9
+    return [{"id": lzma.FILTER_LZMA2, "preset": preset, "dict_size": dict_size}]
 
 
 def _inflate(coder: str, data: bytes, count: int, what: str) -> np.ndarray:
@@ -259,7 +267,7 @@ def _gap_symbols(gaps: np.ndarray, w: int) -> np.ndarray:
 
 
 def _layouts(view: np.ndarray, bits: int, bg: int | None, orders: Sequence[str] | None) -> Iterator:
-    """Every candidate: ``(layout, streams, expensive)``; ``expensive`` says whether zlib and lzma are tried."""
+    """Every candidate layout of ``view``: ``(layout, streams)``."""
     blocks = [(False, view, [])]
     if bg is not None and view.size:
         rows, cols = (view != bg).any(1), (view != bg).any(0)
@@ -272,7 +280,7 @@ def _layouts(view: np.ndarray, bits: int, bg: int | None, orders: Sequence[str] 
             a = np.ascontiguousarray(block if order == "row" else block.T)
             seq = a.ravel()
             base = {"format": "dense", "order": order, "structured": structured}
-            yield base, [*head, ("values", seq, 1 << bits)], True
+            yield base, [*head, ("values", seq, 1 << bits)]
             if bg is None:
                 continue
             keep = seq != bg
@@ -280,15 +288,11 @@ def _layouts(view: np.ndarray, bits: int, bg: int | None, orders: Sequence[str] 
             yield (
                 {**base, "format": "bitmask"},
                 [*head, ("mask", keep.astype(np.uint8), 2), ("values", vals, 1 << bits)],
-                True,
             )
             gaps = np.diff(np.flatnonzero(keep), prepend=-1) - 1
-            streams = {w: _gap_symbols(gaps, w) for w in range(1, 9)}
-            cheap = {w: min(_stream_size(k, s, 1 << w) for k in _CHEAP) for w, s in streams.items()}
-            top = sorted(cheap, key=lambda w: (cheap[w], w))[:_EXPENSIVE_WIDTHS]
-            for w, s in streams.items():
+            for w in range(1, 9):
                 layout = {**base, "format": "relative", "index_bits": w}
-                yield layout, [*head, ("gaps", s, 1 << w), ("values", vals, 1 << bits)], w in top
+                yield layout, [*head, ("gaps", _gap_symbols(gaps, w), 1 << w), ("values", vals, 1 << bits)]
             for m in _GROUPS:
                 if not a.size or a.shape[1] % m:
                     continue
@@ -301,7 +305,7 @@ def _layouts(view: np.ndarray, bits: int, bg: int | None, orders: Sequence[str] 
                 slots = np.sort(np.argsort(key, axis=1, kind="stable")[:, :n], axis=1)
                 values = np.take_along_axis(groups, slots, 1).ravel()
                 streams_nm = [*head, ("slots", slots.ravel().astype(np.uint8), m), ("values", values, 1 << bits)]
-                yield {**base, "format": "nm", "n": n, "m": m}, streams_nm, True
+                yield {**base, "format": "nm", "n": n, "m": m}, streams_nm
 
 
 def _check(codes: Any, bits: Any, background: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -332,16 +336,20 @@ def _candidates(
     orders: Sequence[str] | None = None,
     match: Mapping[str, Any] | None = None,
 ) -> Iterator[tuple[dict, list[Stream]]]:
-    """Each candidate layout (those with the ``match`` items): meta, each stream with its best allowed coder."""
+    """Each candidate layout (those with the ``match`` items): meta, each stream with its best allowed coder.
+
+    Two passes: every layout is sized with the cheap coders (packed, Huffman: exact sizes without
+    encoding), then the ``_EXPENSIVE_LAYOUTS`` smallest also try zlib and LZMA, which cost far more
+    time and only win where a stream has structure beyond its symbol frequencies.
+    """
     arr, view = _check(codes, bits, background)
     bg = None if background is None else int(background)
+    cheap = [k for k in coders if k in _CHEAP] or list(coders)
     sizes: dict[tuple, int] = {}
-    for layout, streams, expensive in _layouts(view, int(bits), bg, orders):
-        if any(layout.get(k) != v for k, v in (match or {}).items()):
-            continue
+
+    def sized(streams, allowed):
         entries = []
         for name, sym, alphabet in streams:
-            allowed = [k for k in coders if expensive or k in _CHEAP] or list(coders)
             key = (alphabet, sym.tobytes())
             for k in allowed:
                 if (k, *key) not in sizes:
@@ -350,7 +358,18 @@ def _candidates(
             entries.append(
                 {"name": name, "coder": k, "bytes": sizes[(k, *key)], "count": len(sym), "alphabet": alphabet}
             )
-        head = {"version": _VERSION, "shape": list(arr.shape), "bits": int(bits), "background": bg}
+        return entries
+
+    def layouts():
+        for layout, streams in _layouts(view, int(bits), bg, orders):
+            if all(layout.get(k) == v for k, v in (match or {}).items()):
+                yield layout, streams
+
+    totals = [sum(e["bytes"] for e in sized(streams, cheap)) for _, streams in layouts()]
+    top = set(sorted(range(len(totals)), key=lambda i: (totals[i], i))[:_EXPENSIVE_LAYOUTS])
+    head = {"version": _VERSION, "shape": list(arr.shape), "bits": int(bits), "background": bg}
+    for i, (layout, streams) in enumerate(layouts()):
+        entries = sized(streams, list(coders) if i in top else cheap)
         yield {**head, **layout, "streams": entries}, streams
 
 
