@@ -202,3 +202,16 @@ def test_half_precision_rounds_vectors_straight_through_and_refuses_overflow(par
     assert float(jc.compress(jc.quant.half_precision("bfloat16"), big)[0]["b"][0]) == 99840.0
     with pytest.raises(ValueError, match="dtype"):
         jc.quant.half_precision("float8")
+
+
+def test_kmeans_without_keep_zeros_trains_zero_weights_like_any_other(params):
+    pruned, _ = jc.compress(jc.prune.magnitude(0.5), params)
+    recipe = jc.quant.kmeans(2, keep_zeros=False, rule="Dense_0/kernel")
+    state = recipe.init(pruned)
+    upstream = jax.random.normal(jax.random.key(3), pruned["Dense_0"]["kernel"].shape)
+    loss = lambda p, c: jnp.sum(recipe.apply(p, c)["Dense_0"]["kernel"] * upstream)
+    _, grads, (learned,) = jc.optim.value_and_grad(loss)(pruned, state)
+    index = np.asarray(state.assignments["Dense_0/kernel"]).reshape(-1)
+    expected = np.bincount(index, weights=np.asarray(upstream).reshape(-1), minlength=4)  # zeros included
+    np.testing.assert_allclose(learned.values["Dense_0/kernel"], expected, rtol=1e-5, atol=1e-4)
+    np.testing.assert_array_equal(grads["Dense_0"]["kernel"], upstream)

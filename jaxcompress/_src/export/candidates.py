@@ -158,10 +158,13 @@ def _layer_storage(path: str, layer: Candidates) -> tuple[list[tuple[str, dict, 
         codes = np.searchsorted(used, codes).astype(codes.dtype)
         zeros = np.flatnonzero(codebook == 0)
         offset, background = 0, (int(zeros[0]) if zeros.size else None)
-    elif codes.dtype == np.uint8:  # asymmetric: the code of 0.0 is the zero point
+    elif codes.dtype == np.uint8:  # unsigned: the code of 0.0 is the zero point (0 without one)
         zp = layer.zero_point
         offset = 0
-        background = int(zp.reshape(-1)[0]) if zp is not None and np.all(zp == zp.reshape(-1)[0]) else None
+        if zp is None:
+            background = 0
+        else:
+            background = int(zp.reshape(-1)[0]) if np.all(zp == zp.reshape(-1)[0]) else None
     else:
         offset = 2 ** (iw.bits - 1)
         background = offset if layer.zero_point is None else None
@@ -218,8 +221,8 @@ def _derivation(field: str, value: Any, path: str, layer: Candidates, decoded: d
     else:
         return None
     try:
-        rebuilt = artifact._decode(meta, b"", decoded)
-    except (KeyError, ValueError):
+        rebuilt = artifact.decode_entry(field, meta, b"", decoded)
+    except ValueError:
         return None
     if rebuilt.shape != value.shape or rebuilt.dtype != value.dtype:
         return None

@@ -175,24 +175,27 @@ def _codes(
     the weights that can be nonzero) the sum runs over those alone: a scatter
     over the kept weights instead of the whole leaf, and the weights pruned
     before clustering get no gradient, so they stay exactly zero under any
-    optimizer without weight decay.
+    optimizer that leaves a zero weight with a zero gradient at zero (SGD,
+    momentum, Adam, weight decay).
     """
     del w, codebook, clustered, members, k
     return assign.astype(jnp.float32)
 
 
 def _codes_fwd(w, codebook, assign, clustered, members, k):
-    return assign.astype(jnp.float32), (w, codebook, assign, clustered, members)
+    del w
+    return assign.astype(jnp.float32), (None, codebook, assign, clustered, members)
 
 
 def _codes_bwd(k, residuals, g):
-    w, codebook, assign, clustered, members = residuals
-    g_flat, index, live = g.reshape(-1), assign.reshape(-1).astype(jnp.int32), w.reshape(-1) != 0
+    _, codebook, assign, clustered, members = residuals
+    g_flat, index = g.reshape(-1), assign.reshape(-1).astype(jnp.int32)
     if members is not None:
         take = lambda a: jnp.take(a, members, mode="clip", indices_are_sorted=True, unique_indices=True)
-        g_flat, index, live = take(g_flat), take(index), take(live)
-    sums = jax.ops.segment_sum(jnp.where(live, g_flat, 0.0), index, num_segments=k + 1)[: codebook.shape[0]]
-    sums = jnp.where(jnp.arange(codebook.shape[0]) == k, 0.0, sums)  # the fixed zero is not trained
+        g_flat, index = take(g_flat), take(index)
+    # Segment k gathers the weights at the fixed zero; it is not trained.
+    sums = jax.ops.segment_sum(g_flat, index, num_segments=k + 1)[: codebook.shape[0]]
+    sums = jnp.where(jnp.arange(codebook.shape[0]) == k, 0.0, sums)
     zeros = lambda a: None if a is None else np.zeros(a.shape, jax.dtypes.float0)
     g_weights = g if members is None else jnp.where(clustered == k, jnp.zeros_like(g), g)
     return g_weights, sums.astype(codebook.dtype), zeros(assign), zeros(clustered), zeros(members)
