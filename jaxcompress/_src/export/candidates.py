@@ -159,12 +159,8 @@ def _layer_storage(path: str, layer: Candidates) -> tuple[list[tuple[str, dict, 
         zeros = np.flatnonzero(codebook == 0)
         offset, background = 0, (int(zeros[0]) if zeros.size else None)
     elif codes.dtype == np.uint8:  # unsigned: the code of 0.0 is the zero point (0 without one)
-        zp = layer.zero_point
-        offset = 0
-        if zp is None:
-            background = 0
-        else:
-            background = int(zp.reshape(-1)[0]) if np.all(zp == zp.reshape(-1)[0]) else None
+        zp = np.zeros(1, np.int32) if layer.zero_point is None else layer.zero_point.reshape(-1)
+        offset, background = 0, (int(zp[0]) if np.all(zp == zp[0]) else None)
     else:
         offset = 2 ** (iw.bits - 1)
         background = offset if layer.zero_point is None else None
