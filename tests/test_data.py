@@ -56,6 +56,19 @@ def test_mnist_idx_errors(tmp_path):
         data.mnist_idx(tmp_path)
 
 
+def test_mnist_idx_of_the_wrong_rank_or_a_corrupt_gzip_is_refused_naming_the_file(tmp_path):
+    fake_mnist(tmp_path)
+    images = tmp_path / data.MNIST_FILES["x_test"]
+    write_idx(images, np.zeros((6, 1), np.uint8))  # a rank-2 array where images (rank 3) belong
+    with pytest.raises(ValueError, match=r"t10k-images.*rank 2, expected rank 3"):
+        data.mnist_idx(tmp_path)
+    fake_mnist(tmp_path)
+    labels = tmp_path / data.MNIST_FILES["y_train"]
+    labels.write_bytes(b"\x1f\x8b" + bytes(40))  # a gzip header, then garbage
+    with pytest.raises(ValueError, match=r"train-labels.*cannot be read as gzip"):
+        data.mnist_idx(tmp_path)
+
+
 def test_mnist_through_tfds_mock_data():
     tfds = pytest.importorskip("tensorflow_datasets")
     with tfds.testing.mock_data(num_examples=6):

@@ -343,3 +343,19 @@ def test_metadata_is_json_at_export_and_a_directory_is_not_a_file(built, tmp_pat
     with pytest.raises(IsADirectoryError, match="directory"):
         ex.save(target)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a_directory", "m.jcx"]
+
+
+def test_a_nan_weight_is_an_error_naming_the_leaf_and_index_not_a_wiped_channel(built):
+    _, x, variables = built
+    model = ConvDenseNet(hidden=64)
+    recipe, cstate = built_recipe(variables)
+    params = jax.tree.map(np.array, variables["params"])
+    params["Dense_0"]["kernel"][3, 5] = np.nan
+    with pytest.raises(ValueError, match=r"'Dense_0/kernel' holds 1 NaN/Inf.*index \(3, 5\)"):
+        jc.integer_weights(recipe, params, cstate)
+    with pytest.raises(ValueError, match=r"variables\['params'\]` leaf 'Dense_0/kernel'.*index \(3, 5\)"):
+        jc.export.export(model, {"params": params}, recipe, cstate, x, dispatch="int8")
+    params["Dense_0"]["kernel"][3, 5] = 0.0
+    params["Dense_1"]["bias"][2] = np.inf
+    with pytest.raises(ValueError, match=r"'Dense_1/bias'.*index \(2,\)"):
+        jc.export.export(model, {"params": params}, recipe, cstate, x, dispatch="int8")

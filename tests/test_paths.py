@@ -63,3 +63,8 @@ def test_bad_rule_type():
 def test_selector_repr_is_readable():
     assert repr(paths.regex("a") | paths.KERNELS) == "Selector(regex('a') | ndim >= 2)"
     assert np.ndim(jnp.ones((2, 2))) == 2
+
+
+def test_an_invalid_regex_rule_is_a_value_error_naming_it():
+    with pytest.raises(ValueError, match=r"rule '\(unclosed' is not a valid regular expression"):
+        paths.select("(unclosed", {"w": jnp.ones((2, 2))})

@@ -81,3 +81,9 @@ def test_update_steps_on_the_host_match_the_traced_ones(schedule):
     assert all(type(h) is bool for h in host)
     assert host == [bool(v) for v in traced]
     assert [schedule.is_update_step(np.int64(t)) for t in range(60)] == host
+
+
+@pytest.mark.parametrize("power", ["3", None, float("nan"), float("inf"), True, 0.0, -1.0])
+def test_polynomial_power_must_be_a_finite_positive_number(power):
+    with pytest.raises(ValueError, match="power"):
+        schedules.polynomial(0.0, 0.9, begin=0, end=10, power=power)

@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxcompress._src import paths as paths_lib
+from jaxcompress._src import validate
 from jaxcompress._src.integer import IntegerWeights, fake_quantize, reencode
 from jaxcompress._src.masks import PackedMask
 
@@ -265,7 +266,10 @@ def integer_weights(recipe: Recipe, params: Params, state: State) -> dict[str, I
     check_recipe(recipe)
     if not isinstance(recipe, (Quantizer, Chain)):
         return {}
-    return {p: iw.stored() for p, iw in recipe.quantize(params, state).items()}
+    integer = recipe.quantize(params, state)
+    flat = paths_lib.flatten(params)[0]
+    validate.check_finite_leaves(flat, [p for p in integer if p in flat])  # a NaN would quantize to a silent 0
+    return {p: iw.stored() for p, iw in integer.items()}
 
 
 class IdentityState(NamedTuple):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import gzip
 import os
 import pathlib
+import zlib
 from collections.abc import Iterator
 from typing import NamedTuple
 
@@ -59,13 +60,18 @@ def digits(*, test_fraction: float = 0.2, seed: int = 0) -> Dataset:
     return Dataset(x[train], y[train], x[test], y[test])
 
 
-def _read_idx(path: pathlib.Path) -> np.ndarray:
+def _read_idx(path: pathlib.Path, ndim: int) -> np.ndarray:
+    """An IDX file of unsigned bytes with ``ndim`` dimensions (gzipped if its name ends in .gz)."""
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        raw = f.read()
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError, zlib.error) as e:  # gzip.BadGzipFile is an OSError
+        raise ValueError(f"{path} cannot be read as {'gzip' if path.suffix == '.gz' else 'a file'}: {e}") from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
         raise ValueError(f"{path} is not an IDX file of unsigned bytes (bad magic number).")
-    ndim = raw[3]
+    if raw[3] != ndim:
+        raise ValueError(f"{path} holds an IDX array of rank {raw[3]}, expected rank {ndim} (images 3, labels 1).")
     header = 4 + 4 * ndim
     dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
     expected = header + int(np.prod(dims))
@@ -80,7 +86,7 @@ def mnist_idx(directory: str | os.PathLike) -> Dataset:
     missing = [name for name in MNIST_FILES.values() if not (directory / name).exists()]
     if missing:
         raise FileNotFoundError(f"MNIST directory {str(directory)!r} lacks {missing}.")
-    arrays = {key: _read_idx(directory / name) for key, name in MNIST_FILES.items()}
+    arrays = {key: _read_idx(directory / name, 3 if key.startswith("x") else 1) for key, name in MNIST_FILES.items()}
     for split in ("train", "test"):
         if len(arrays[f"x_{split}"]) != len(arrays[f"y_{split}"]):
             raise ValueError(f"MNIST {split} images and labels differ in length in {directory}.")

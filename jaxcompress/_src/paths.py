@@ -73,7 +73,10 @@ Rule = str | re.Pattern | Callable[[str, Any], bool] | Selector
 
 def regex(pattern: str | re.Pattern) -> Selector:
     """Selects leaves whose path contains a match of ``pattern`` (``re.search``)."""
-    compiled = re.compile(pattern)
+    try:
+        compiled = re.compile(pattern)
+    except re.error as e:
+        raise ValueError(f"rule {pattern!r} is not a valid regular expression: {e}.") from None
     return Selector(lambda p, _: compiled.search(p) is not None, f"regex({compiled.pattern!r})")
 
 

@@ -11,6 +11,7 @@ int is a Python bool, for loops that decide on the host (see
 from __future__ import annotations
 
 import dataclasses
+import math
 import numbers
 
 import jax
@@ -187,8 +188,8 @@ def polynomial(
     initial = validate.check_fraction(initial, argument="initial")
     final = validate.check_fraction(final, argument="final")
     begin, end, frequency = _check_window(begin, end, frequency)
-    if not power > 0:
-        raise ValueError(f"`power` must be > 0, got {power!r}.")
+    if isinstance(power, bool) or not isinstance(power, int | float) or not math.isfinite(power) or not power > 0:
+        raise ValueError(f"`power` must be a finite number > 0, got {power!r}.")
     return Polynomial(initial, final, begin, end, float(power), frequency)
 
 

@@ -35,11 +35,13 @@ def check_finite_leaves(flat: Mapping[str, Any], paths: list[str], *, argument: 
         if not is_concrete(leaf):
             continue
         arr = np.asarray(leaf, dtype=np.float32)
-        if not np.isfinite(arr).all():
-            n_bad = int(arr.size - np.isfinite(arr).sum())
+        finite = np.isfinite(arr)
+        if not finite.all():
+            n_bad = int(arr.size - finite.sum())
+            index = tuple(int(i) for i in np.argwhere(~finite)[0])
             raise ValueError(
-                f"`{argument}` leaf {p!r} holds {n_bad} NaN/Inf value(s) out of {arr.size}; "
-                f"expected finite values. Check the training run that produced them."
+                f"`{argument}` leaf {p!r} holds {n_bad} NaN/Inf value(s) out of {arr.size} (the first at index "
+                f"{index}: {arr[index]!r}); expected finite values. Check the training run that produced them."
             )
 
 

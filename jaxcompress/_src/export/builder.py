@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxcompress._src import core
+from jaxcompress._src import core, validate
 from jaxcompress._src import paths as paths_lib
 from jaxcompress._src.export import artifact, channels, layers, program
 from jaxcompress._src.export.candidates import Candidates, storage
@@ -181,6 +181,10 @@ def _prepare(model, variables, recipe, cstate, example, apply_kwargs, activation
     apply_kwargs = dict(apply_kwargs or {})
     _check_inputs(model, variables, recipe, example, activations)
     example = jnp.asarray(example)
+    for collection, tree in variables.items():  # what the program computes with: no NaN/Inf anywhere
+        flat = paths_lib.flatten(tree)[0]
+        floats = [p for p, a in flat.items() if np.issubdtype(np.asarray(a).dtype, np.floating)]
+        validate.check_finite_leaves(flat, floats, argument=f"variables[{collection!r}]")
     params = variables["params"]
     compressed = recipe.apply(params, cstate)
     integer = _integer_form(recipe, params, cstate, compressed)
