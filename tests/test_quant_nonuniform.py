@@ -215,3 +215,27 @@ def test_kmeans_without_keep_zeros_trains_zero_weights_like_any_other(params):
     expected = np.bincount(index, weights=np.asarray(upstream).reshape(-1), minlength=4)  # zeros included
     np.testing.assert_allclose(learned.values["Dense_0/kernel"], expected, rtol=1e-5, atol=1e-4)
     np.testing.assert_array_equal(grads["Dense_0"]["kernel"], upstream)
+
+
+@pytest.mark.parametrize(
+    "recipe",
+    [
+        jc.quant.uniform(8, symmetric=False, granularity="tensor"),
+        jc.quant.uniform(4, symmetric=False, signed=False),
+        jc.quant.int8(),
+        jc.quant.lsq(8),
+        jc.quant.lsq(4, granularity="tensor"),
+        jc.quant.log2(4),
+        jc.quant.kmeans(2, keep_zeros=False),
+        jc.chain(jc.quant.lsq(4, granularity="tensor"), jc.prune.magnitude(0.5)),
+    ],
+    ids=["asym-tensor", "asym-unsigned-channel", "int8", "lsq", "lsq-tensor", "log2", "kmeans", "lsq-prune"],
+)
+def test_weights_near_the_float32_maximum_quantize_to_finite_values_on_their_grid(recipe):
+    # Ranges and sums computed naively overflow (hi - lo, 2 * mean) or invert to denormals (1 / 3e38).
+    w = {"w": jnp.array([[3.0e38, -3.2e38, 1.0e38], [2.0e38, -1.0e37, 5.0e37]], jnp.float32)}
+    out, state = jc.compress(recipe, w)
+    got = np.asarray(out["w"])
+    assert np.isfinite(got).all()
+    assert np.abs(got).max() > 1e38  # not collapsed to zeros
+    np.testing.assert_array_equal(np.asarray(jc.integer_weights(recipe, w, state)["w"].dequantize()), got)

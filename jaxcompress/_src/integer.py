@@ -117,7 +117,8 @@ def reencode(iw: IntegerWeights, values: jax.Array) -> IntegerWeights:
     qmin, qmax = iw.code_range
     if iw.codebook is None:
         vb, scale = iw._broadcast(iw.scale, v)
-        u = vb * (jnp.float32(1.0) / scale)
+        f = jnp.where(lax.stop_gradient(scale) > 2.0**100, jnp.float32(2.0**-64), jnp.float32(1.0))  # no denormal
+        u = (vb * f) * (jnp.float32(1.0) / (scale * f))
         if iw.zero_point is not None:
             u = u + iw._broadcast(iw.zero_point.astype(jnp.float32), v)[1]
         codes = jnp.reshape(jnp.clip(jnp.round(lax.stop_gradient(u)), qmin, qmax), v.shape)

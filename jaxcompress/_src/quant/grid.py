@@ -101,6 +101,16 @@ def traced_range(bits: jax.typing.ArrayLike, *, signed: bool, narrow: bool) -> t
     return qmin.astype(jnp.float32), qmax.astype(jnp.float32)
 
 
+def headroom(amax: jax.typing.ArrayLike) -> jax.Array:
+    """A power of two to multiply values of magnitude up to ``amax`` by before summing or inverting them.
+
+    ``2^-64`` past ``2^100`` (else 1): exact, and enough that sums of the scaled
+    values cannot overflow and the reciprocal of their maximum is not a
+    denormal (which XLA:CPU flushes to zero). Ordinary weights are untouched.
+    """
+    return jnp.where(jnp.asarray(amax, jnp.float32) > jnp.float32(2.0**100), jnp.float32(2.0**-64), jnp.float32(1.0))
+
+
 def reciprocal(x: jax.typing.ArrayLike) -> jax.Array:
     """``1 / x`` in float32: every quantizer divides as ``a * reciprocal(b)``.
 
@@ -155,7 +165,12 @@ def affine_params(
         return _positive(amax * reciprocal(qmax), amax > 0), None
     lo, hi = jnp.minimum(lo, 0.0), jnp.maximum(hi, 0.0)
     span = hi - lo
-    scale = _positive(span * reciprocal(qmax - qmin), span > 0)
+    per_code = reciprocal(qmax - qmin)
+    # Near the float32 maximum hi - lo overflows; (hi / 2 - lo / 2) * 2 / n does not (halving is exact,
+    # so a fused multiply-add under jit rounds it as eager code does).
+    halves = hi * jnp.float32(0.5) - lo * jnp.float32(0.5)
+    scale = jnp.where(jnp.isfinite(span), span * per_code, halves * (jnp.float32(2.0) * per_code))
+    scale = _positive(scale, span > 0)
     zero_point = jnp.clip(jnp.round(qmin - lo / scale), qmin, qmax).astype(jnp.int32)
     return scale, zero_point
 

@@ -52,7 +52,7 @@ from jaxcompress._src import core, validate
 from jaxcompress._src import paths as paths_lib
 from jaxcompress._src.core import safe_increment
 from jaxcompress._src.integer import IntegerWeights
-from jaxcompress._src.quant.grid import check_bits, check_bool
+from jaxcompress._src.quant.grid import check_bits, check_bool, headroom
 
 __all__ = ["KMeansState", "kmeans", "kmeans_1d"]
 
@@ -98,6 +98,8 @@ def kmeans_1d(
       ([0.05, 1.0], [0, 0, 1, 1, 1])
     """
     x = x.astype(jnp.float32).reshape(-1)
+    f = headroom(jnp.max(jnp.abs(x), initial=0.0))  # cluster sums and spans must not overflow
+    x = x * f
     mask = jnp.ones(x.shape, bool) if where is None else jnp.reshape(where, (-1,))
     any_valid = jnp.any(mask)
     lo = jnp.where(any_valid, jnp.min(jnp.where(mask, x, jnp.inf)), 0.0)
@@ -111,7 +113,7 @@ def kmeans_1d(
         return jnp.where(counts > 0, sums / jnp.maximum(counts, 1.0), c)
 
     centroids = lax.fori_loop(0, iterations, lloyd, centroids)
-    return centroids, _assign(x, centroids)
+    return centroids / f, _assign(x, centroids)
 
 
 def _cluster(w: jax.Array, k: int, iterations: int, keep_zeros: bool) -> tuple[jax.Array, jax.Array]:

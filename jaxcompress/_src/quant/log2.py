@@ -30,7 +30,7 @@ from jaxcompress._src import core, validate
 from jaxcompress._src import paths as paths_lib
 from jaxcompress._src.integer import IntegerWeights
 from jaxcompress._src.quant import granularity as gran_lib
-from jaxcompress._src.quant.grid import check_bits, reciprocal
+from jaxcompress._src.quant.grid import check_bits, headroom, reciprocal
 from jaxcompress._src.quant.ste import straight_through
 
 __all__ = ["Log2State", "log2", "log2_codebook", "log2_quantize"]
@@ -64,7 +64,8 @@ def log2_quantize(w: jax.Array, bits: int, granularity: gran_lib.Granularity | s
     amax = lax.stop_gradient(gran_lib.reduce(jnp.max, jnp.abs(w32), granularity))
     alpha = jnp.where(amax > 0, jnp.maximum(amax, jnp.finfo(jnp.float32).tiny), 1.0)
     wv, (av,), unview = gran_lib.grouped_view(w32, (alpha,), granularity)
-    v = lax.stop_gradient(jnp.abs(wv) * reciprocal(av))  # in [0, 1]
+    f = headroom(av)  # 1 / alpha would be a denormal near the float32 maximum
+    v = lax.stop_gradient((jnp.abs(wv) * f) * reciprocal(av * f))  # in [0, 1]
     _, exponent = jnp.frexp(v)  # v = mantissa * 2^exponent, mantissa in [0.5, 1)
     upper = jnp.ldexp(jnp.ones_like(v), exponent)  # v in [upper / 2, upper)
     k = jnp.where(v >= 0.75 * upper, -exponent, 1 - exponent)  # nearest level 2^-k

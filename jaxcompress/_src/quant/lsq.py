@@ -39,12 +39,13 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 from jaxcompress._src import core, validate
 from jaxcompress._src import paths as paths_lib
 from jaxcompress._src.integer import IntegerWeights
 from jaxcompress._src.quant import granularity as gran_lib
-from jaxcompress._src.quant.grid import check_bits, check_bool, int_range, reciprocal
+from jaxcompress._src.quant.grid import check_bits, check_bool, headroom, int_range, reciprocal
 from jaxcompress._src.quant.ste import clip_ste, round_ste, scale_grad
 
 __all__ = ["LSQState", "lsq", "lsq_fake_quant", "lsq_init_step", "lsq_quantize"]
@@ -72,9 +73,15 @@ def code_bounds(bits: int, signed: bool) -> tuple[int, int]:
 def lsq_init_step(x: jax.Array, bits: int, *, signed: bool = True, granularity=None) -> jax.Array:
     """The paper's initial step ``2 mean|x| / sqrt(Q_P)`` per slice (1.0 for an all-zero slice)."""
     granularity = gran_lib.per_tensor() if granularity is None else gran_lib.as_granularity(granularity)
-    _, qp = code_bounds(bits, signed)
-    mean_abs = gran_lib.reduce(jnp.mean, jnp.abs(x.astype(jnp.float32)), granularity)
-    return jnp.where(mean_abs > 0, 2.0 * mean_abs / math.sqrt(qp), 1.0).astype(jnp.float32)
+    qn, qp = code_bounds(bits, signed)
+    magnitude = jnp.abs(x.astype(jnp.float32))
+    f = headroom(jnp.max(magnitude, initial=0.0))  # the sum inside the mean must not overflow
+    mean_abs = gran_lib.reduce(jnp.mean, magnitude * f, granularity) / f
+    twice = 2.0 * mean_abs
+    step = jnp.where(jnp.isfinite(twice), twice / math.sqrt(qp), mean_abs * (2.0 / math.sqrt(qp)))  # no overflow
+    # The grid's ends, qp * step and -qn * step, must stay finite float32 values.
+    step = jnp.minimum(step, jnp.float32(float(jnp.finfo(jnp.float32).max) / max(qp, qn)))
+    return jnp.where(mean_abs > 0, step, 1.0).astype(jnp.float32)
 
 
 def lsq_fake_quant(
@@ -128,7 +135,8 @@ def lsq_quantize(
         group_axis = granularity.axes(x.ndim)[1]
     else:
         xv, sv, unview = x.astype(jnp.float32), s, lambda y: y
-    codes = round_ste(clip_ste(xv * reciprocal(sv), jnp.float32(-qn), jnp.float32(qp)))
+    f = headroom(lax.stop_gradient(sv))  # 1 / a step near the float32 maximum would be a denormal
+    codes = round_ste(clip_ste((xv * f) * reciprocal(sv * f), jnp.float32(-qn), jnp.float32(qp)))
     return IntegerWeights(
         unview(codes),
         s,
