@@ -119,3 +119,10 @@ def test_pruned_weights_get_zero_gradient(params):
 
 def test_make_params_is_deterministic():
     np.testing.assert_array_equal(make_params(3)["Dense_1"]["kernel"], make_params(3)["Dense_1"]["kernel"])
+
+
+def test_a_state_built_for_other_shapes_is_refused_not_broadcast():
+    recipe = jc.prune.magnitude(0.5)
+    state = recipe.init({"w": jnp.ones((8, 1))})
+    with pytest.raises(ValueError, match=r"mask of shape \(8, 1\) was applied to an array of shape \(8, 3\)"):
+        recipe.apply({"w": jnp.ones((8, 3))}, state)

@@ -32,7 +32,15 @@ class PackedMask:
         return unpack(self)
 
     def keep(self, x: jax.Array, fill: jax.Array | None = None) -> jax.Array:
-        """``x`` where the mask keeps, ``fill`` (default zero) elsewhere; in ``x``'s dtype."""
+        """``x`` where the mask keeps, ``fill`` (default zero) elsewhere; in ``x``'s dtype.
+
+        ``x`` must have the mask's shape exactly (a mask never broadcasts).
+        """
+        if tuple(jnp.shape(x)) != self.shape:
+            raise ValueError(
+                f"A mask of shape {self.shape} was applied to an array of shape {tuple(jnp.shape(x))}: the state "
+                f"was built for other params (call the method's init on these params)."
+            )
         fill = jnp.zeros((), jnp.result_type(x)) if fill is None else jnp.asarray(fill).astype(jnp.result_type(x))
         return jnp.where(self.unpack(), x, fill)
 
