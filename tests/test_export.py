@@ -215,6 +215,8 @@ def test_bad_arguments(trained):
         jc.export.export(model, variables, recipe, cstate, jnp.float32(1.0))
     with pytest.raises(TypeError, match="'params' collection"):
         jc.export.export(model, variables["params"], recipe, cstate, x)
+    with pytest.raises(ValueError, match=r"failed on an `example` of shape \(4, 5, 5, 1\)"):
+        jc.export.export(model, variables, recipe, cstate, jnp.zeros((4, 5, 5, 1)))
     bn_model = ResNet(channels=4, blocks=0)
     v = bn_model.init(jax.random.key(0), x)
     with pytest.raises(ValueError, match="inference mode"):

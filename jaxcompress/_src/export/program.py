@@ -104,6 +104,13 @@ def probe_calls(model: nn.Module, variables: Any, x: Any, apply_kwargs: dict[str
                 "needs inference mode: pass `apply_kwargs` such as {'train': False}. "
                 f"Flax said: {str(e).splitlines()[0]}"
             ) from None
+        except Exception as e:  # a shape mismatch or any other failure of the user's forward pass
+            first = str(e).splitlines()[0] if str(e) else ""
+            raise ValueError(
+                f"`model.apply(variables, example)` failed on an `example` of shape {tuple(np.shape(x))} "
+                f"and dtype {np.asarray(x).dtype}: {type(e).__name__}: {first}. Pass a batch the model accepts "
+                f"(and the `apply_kwargs` it needs)."
+            ) from e
     return calls
 
 
