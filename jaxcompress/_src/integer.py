@@ -25,6 +25,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from jaxcompress._src import paths as paths_lib
+from jaxcompress._src.quant.grid import headroom
 from jaxcompress._src.quant.ste import straight_through
 
 __all__ = ["IntegerWeights", "fake_quantize", "reencode"]
@@ -117,7 +118,7 @@ def reencode(iw: IntegerWeights, values: jax.Array) -> IntegerWeights:
     qmin, qmax = iw.code_range
     if iw.codebook is None:
         vb, scale = iw._broadcast(iw.scale, v)
-        f = jnp.where(lax.stop_gradient(scale) > 2.0**100, jnp.float32(2.0**-64), jnp.float32(1.0))  # no denormal
+        f = headroom(scale)  # 1 / a scale near the float32 maximum would be a denormal
         u = (vb * f) * (jnp.float32(1.0) / (scale * f))
         if iw.zero_point is not None:
             u = u + iw._broadcast(iw.zero_point.astype(jnp.float32), v)[1]

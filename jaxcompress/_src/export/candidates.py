@@ -126,10 +126,10 @@ def storage(args: dict, candidates: dict[str, Candidates]) -> tuple[list, dict, 
             for entry in internal:
                 decoded[entry[0]] = artifact.decode_entry(*entry, decoded)
             entries.extend(internal)
-        meta = None if layer is None else _derivation(parts[-1], value, path, layer, decoded)
-        if meta is not None:
+        derived = None if layer is None else _derivation(parts[-1], value, path, layer, decoded)
+        if derived is not None:
+            meta, decoded[name] = derived
             entries.append((name, meta, b""))
-            decoded[name] = artifact.decode_entry(name, meta, b"", decoded)
             continue
         meta, blob = artifact.encode_raw(value, shrink=parts[-1] not in _KEEP_DTYPE)
         entries.append((name, meta, blob))
@@ -179,8 +179,9 @@ def _layer_storage(path: str, layer: Candidates) -> tuple[list[tuple[str, dict, 
     return entries, {"parts": parts, "bytes": sum(p["bytes"] for p in parts.values())}
 
 
-def _derivation(field: str, value: Any, path: str, layer: Candidates, decoded: dict) -> dict | None:
-    """The meta of a no-bytes entry that rebuilds this program argument from the layer's stored arrays.
+def _derivation(field: str, value: Any, path: str, layer: Candidates, decoded: dict) -> tuple[dict, np.ndarray] | None:
+    """``(meta, rebuilt array)`` of a no-bytes entry that rebuilds this program argument from the layer's
+    stored arrays.
 
     None when no derivation reproduces it (it is then stored raw): integer
     views must match exactly, a float kernel to rounding (the loader's
@@ -226,4 +227,4 @@ def _derivation(field: str, value: Any, path: str, layer: Candidates, decoded: d
         return None
     if not exact and not np.allclose(rebuilt, value, rtol=1e-6, atol=1e-7 * float(np.max(np.abs(value), initial=0))):
         return None
-    return meta
+    return meta, rebuilt
