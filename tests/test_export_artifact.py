@@ -279,7 +279,8 @@ def test_crafted_headers_and_sections_are_refused_with_a_value_error(saved):
         {**header, "arrays": [*arrays[:stored], ["not", "a", "dict"], *arrays[stored + 1 :]]},
         {**header, "arrays": arrays[:-1]},
         {**header, "program": {"coder": "bz2", "nbytes": header["program"]["nbytes"]}},
-        {**header, "program": {"coder": "raw", "nbytes": -5}},
+        {**header, "program": {"coder": "packed", "nbytes": -5, "size": 10}},
+        {**header, "program": {**header["program"], "size": header["program"]["size"] + 1}},
         {k: v for k, v in header.items() if k != "program"},
     ]
     for mutation in crafted:
@@ -290,7 +291,8 @@ def test_crafted_headers_and_sections_are_refused_with_a_value_error(saved):
     n = header["program"]["nbytes"]
     payload = data[16 + struct.unpack_from("<I", data, 12)[0] : -32]
     garbage = bytes(np.random.default_rng(0).integers(0, 256, n, dtype=np.uint8))
-    path.write_bytes(_rewritten(data, {**header, "program": {"coder": "raw", "nbytes": n}}, garbage + payload[n:]))
+    stored_as_is = {"coder": "packed", "nbytes": n, "size": n}
+    path.write_bytes(_rewritten(data, {**header, "program": stored_as_is}, garbage + payload[n:]))
     with pytest.raises(ValueError, match="program section"):
         jc.export.load(path)
 

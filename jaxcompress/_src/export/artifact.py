@@ -6,7 +6,8 @@ Layout (all integers little-endian)::
     [8, 12)         uint32 format version
     [12, 16)        uint32 header length H
     [16, 16 + H)    header: zlib-compressed UTF-8 JSON (metadata, program and array directory)
-    [16 + H, -32)   payload: the serialized ``jax.export`` program (compressed), then array blobs
+    [16 + H, -32)   payload: the serialized ``jax.export`` program (compressed by the codec's smallest
+                    stream coder), then array blobs
     [-32, end)      SHA-256 of every byte before it
 
 The arrays follow each other in directory order; each entry says how it is
@@ -33,7 +34,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import lzma
 import math
 import os
 import struct
@@ -53,31 +53,7 @@ MAGIC = b"JAXCMPRS"
 FORMAT_VERSION = 2
 _PREFIX = struct.Struct("<8sII")
 _DIGEST = 32
-_LZMA_FILTERS = [{"id": lzma.FILTER_LZMA2, "preset": 9 | lzma.PRESET_EXTREME}]
 _MAX_ELEMENTS = 1 << 34  # a bound on one stored array, so a crafted shape cannot ask for terabytes
-
-
-def compress(data: bytes) -> tuple[str, bytes]:
-    """The smallest of ``data`` raw, zlib-compressed and raw-LZMA-compressed: ``(coder, bytes)``."""
-    options = [
-        ("raw", data),
-        ("zlib", zlib.compress(data, 9)),
-        ("lzma", lzma.compress(data, format=lzma.FORMAT_RAW, filters=_LZMA_FILTERS)),
-    ]
-    return min(options, key=lambda o: len(o[1]))
-
-
-def decompress(coder: str, data: bytes, *, what: str) -> bytes:
-    try:
-        if coder == "raw":
-            return data
-        if coder == "zlib":
-            return zlib.decompress(data)
-        if coder == "lzma":
-            return lzma.decompress(data, format=lzma.FORMAT_RAW, filters=_LZMA_FILTERS)
-    except (zlib.error, lzma.LZMAError) as e:
-        raise ValueError(f"{what} does not decompress ({coder}: {e})") from None
-    raise ValueError(f"{what}: unknown coder {coder!r}")
 
 
 def encode_codes(codes: np.ndarray, offset: int, background: int | None) -> tuple[dict, bytes, dict[str, int]]:
@@ -242,9 +218,10 @@ def write(path: str | os.PathLike, program: bytes, stored: list[tuple[str, dict,
     program (e.g. the codes a float kernel is derived from). Returns the bytes
     of each section and of the file.
     """
-    coder, packed_program = compress(program)
+    coder, packed_program = codec.encode_bytes(program)
     directory = [{"name": name, **meta, "nbytes": len(blob)} for name, meta, blob in stored]
-    document = {"metadata": metadata, "program": {"coder": coder, "nbytes": len(packed_program)}, "arrays": directory}
+    section = {"coder": coder, "nbytes": len(packed_program), "size": len(program)}
+    document = {"metadata": metadata, "program": section, "arrays": directory}
     header = zlib.compress(json.dumps(document, separators=(",", ":")).encode(), 9)
     weights = b"".join(b for _, _, b in stored)
     body = _PREFIX.pack(MAGIC, FORMAT_VERSION, len(header)) + header + packed_program + weights
@@ -322,8 +299,11 @@ def read_header(data: bytes, *, source: str = "artifact") -> tuple[dict, memoryv
 
 def split_payload(header: Mapping[str, Any], payload: memoryview) -> tuple[bytes, list[bytes]]:
     """``(program bytes, [array blob])`` of a payload, checking that the directory covers it exactly."""
-    offset = int(header["program"]["nbytes"])
-    program = decompress(header["program"]["coder"], bytes(payload[:offset]), what="the program section")
+    section = header["program"]
+    offset = int(section["nbytes"])
+    if not 0 <= offset <= len(payload):
+        raise ValueError(f"the program section's {offset} bytes do not fit the {len(payload)}-byte payload")
+    program = codec.decode_bytes(section["coder"], bytes(payload[:offset]), section["size"], "the program section")
     blobs = []
     for meta in header["arrays"]:
         n = int(meta["nbytes"])

@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Encoded", "decode", "encode"]
+__all__ = ["Encoded", "decode", "decode_bytes", "encode", "encode_bytes"]
 
 _VERSION = 1
 _CODERS = ("packed", "huffman", "zlib", "lzma")
@@ -403,6 +403,14 @@ def encode(codes: np.ndarray, bits: int, *, background: int | None = None) -> En
     return _encode_as(codes, bits, background)
 
 
+def encode_bytes(data: bytes) -> tuple[str, bytes]:
+    """Opaque ``data`` (a serialized program) in the smallest of the stream coders: ``(coder, blob)``."""
+    sym = np.frombuffer(data, np.uint8)
+    blobs = {k: _encode_stream(k, sym, 256) for k in _CODERS}
+    coder = min(_CODERS, key=lambda k: len(blobs[k]))  # ties: the first, "packed" (the bytes as they are)
+    return coder, blobs[coder]
+
+
 # ------------------------------------------------------------------------------------------------------ decode
 
 
@@ -482,6 +490,13 @@ def _decode_block(meta: Mapping[str, Any], read: _Reader, shape: tuple[int, int]
         np.put_along_axis(a, slots, read("values", values, slots.size).reshape(slots.shape), 1)
     a = a.reshape(r, c)
     return a if meta["order"] == "row" else a.T
+
+
+def decode_bytes(coder: Any, blob: bytes, count: Any, what: str) -> bytes:
+    """The ``count`` bytes :func:`encode_bytes` stored as ``(coder, blob)``; ``ValueError`` if inconsistent."""
+    if not isinstance(coder, str):
+        raise ValueError(f"{what}: coder {coder!r}, expected one of {_CODERS}")
+    return _decode_stream(coder, blob, _int(count, f"{what} size", 0), 256, what).astype(np.uint8).tobytes()
 
 
 def decode(meta: Mapping[str, Any], blob: bytes) -> np.ndarray:
