@@ -17,6 +17,8 @@ through any chain (:func:`masks_of`, :func:`learned_params`).
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from typing import Any, NamedTuple, Protocol
 
 import jax
@@ -24,7 +26,7 @@ import jax.numpy as jnp
 
 from jaxcompress._src import paths as paths_lib
 from jaxcompress._src import validate
-from jaxcompress._src.integer import IntegerWeights, fake_quantize, reencode
+from jaxcompress._src.integer import IntegerWeights, check_codes_fit, fake_quantize, reencode
 from jaxcompress._src.masks import PackedMask
 
 __all__ = [
@@ -40,6 +42,7 @@ __all__ = [
     "UpdateFn",
     "chain",
     "check_recipe",
+    "checking_state",
     "compress",
     "identity",
     "integer_weights",
@@ -126,6 +129,24 @@ def safe_increment(count: jax.Array) -> jax.Array:
     return jnp.where(count < jnp.iinfo(jnp.int32).max, count + 1, count)
 
 
+def checking_state(kind: type, method: str, *fns: Callable) -> tuple[Callable, ...]:
+    """``fns`` (a method's ``update``/``apply``/``quantize``), each first checking that its state is a ``kind``.
+
+    A state from another method (or a chain's tuple) then gets a ``TypeError``
+    naming ``method``, not an ``AttributeError`` from inside it.
+    """
+
+    def checked(fn: Callable) -> Callable:
+        @functools.wraps(fn)
+        def wrapper(params, state, *args, **kwargs):
+            validate.check_state(state, kind, method=method)
+            return fn(params, state, *args, **kwargs)
+
+        return wrapper
+
+    return tuple(checked(fn) for fn in fns)
+
+
 def _nodes(state: State, kind: type) -> list:
     is_node = lambda x: isinstance(x, kind)
     return [n for n in jax.tree.leaves(state, is_leaf=is_node) if is_node(n)]
@@ -197,7 +218,9 @@ class Chain(NamedTuple):
         found: dict[str, tuple[int, IntegerWeights]] = {}
         for i, (stage, s) in enumerate(zip(self.stages, state, strict=True)):
             if isinstance(stage, (Quantizer, Chain)):
-                found.update({p: (i, iw) for p, iw in stage.quantize(params, s).items()})
+                integer = stage.quantize(params, s)
+                check_codes_fit(integer, paths_lib.leaves_at(params, integer))
+                found.update({p: (i, iw) for p, iw in integer.items()})
             params = stage.apply(params, s)
         if not found:
             return {}
@@ -268,7 +291,8 @@ def integer_weights(recipe: Recipe, params: Params, state: State) -> dict[str, I
         return {}
     integer = recipe.quantize(params, state)
     flat = paths_lib.flatten(params)[0]
-    validate.check_finite_leaves(flat, [p for p in integer if p in flat])  # a NaN would quantize to a silent 0
+    check_codes_fit(integer, paths_lib.leaves_at(params, integer))
+    validate.check_finite_leaves(flat, list(integer))  # a NaN would quantize to a silent 0
     return {p: iw.stored() for p, iw in integer.items()}
 
 
@@ -287,7 +311,11 @@ def identity() -> Transform:
         del params, grads, extra_args
         return state
 
-    return Transform(init, update, lambda params, state: params)
+    def apply(params, state):
+        del state
+        return params
+
+    return Transform(init, *checking_state(IdentityState, "jc.identity", update, apply))
 
 
 def compress(recipe: Recipe, params: Params, grads: Params | None = None) -> tuple[Params, State]:

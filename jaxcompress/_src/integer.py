@@ -104,7 +104,28 @@ class IntegerWeights:
 
 def fake_quantize(params, integer: dict[str, IntegerWeights]):
     """``params`` with each leaf in ``integer`` replaced by its dequantization, in the leaf's dtype."""
+    check_codes_fit(integer, paths_lib.leaves_at(params, integer))
     return paths_lib.map_selected(lambda p, w: integer[p].dequantize().astype(w.dtype), params, list(integer))
+
+
+def check_codes_fit(integer: dict[str, IntegerWeights], leaves: dict) -> None:
+    """Each leaf's codes must have its shape, and its scale one its axes allow (a state built for another
+    shape would otherwise broadcast into a different model)."""
+    for p, iw in integer.items():
+        shape = tuple(jnp.shape(leaves[p]))
+        allowed = [
+            {1, n} | ({n // iw.group_size} if iw.group_size and a == iw.group_axis % len(shape) else set())
+            for a, n in enumerate(shape)
+        ]
+        scale_shape = tuple(jnp.shape(iw.scale))
+        if tuple(iw.codes.shape) != shape or len(scale_shape) != len(shape) or any(
+            s not in ok for s, ok in zip(scale_shape, allowed, strict=False)
+        ):
+            raise ValueError(
+                f"`params` leaf {p!r} has shape {shape}, but the quantizer's state gives codes of shape "
+                f"{tuple(iw.codes.shape)} and scales of shape {scale_shape}: the state was built for other "
+                f"params. Pass params shaped as at init (re-run init after changing the model)."
+            )
 
 
 def reencode(iw: IntegerWeights, values: jax.Array) -> IntegerWeights:

@@ -127,6 +127,11 @@ def check_like(tree: Any, params: Any, *, argument: str) -> None:
                 f"`{argument}` leaf {p!r} has shape {jnp.shape(x)}, but the param has shape {jnp.shape(w)}; "
                 f"they must match exactly (no broadcasting)."
             )
+        if jnp.result_type(x) != jnp.result_type(w):
+            raise ValueError(
+                f"`{argument}` leaf {p!r} has dtype {jnp.result_type(x)}, but the param has dtype "
+                f"{jnp.result_type(w)}; they must match (cast the gradients, or the params, first)."
+            )
 
 
 def _stable(old: dict[str, PackedMask], new: dict[str, PackedMask]) -> dict[str, PackedMask]:

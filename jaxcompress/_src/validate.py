@@ -45,12 +45,39 @@ def check_finite_leaves(flat: Mapping[str, Any], paths: list[str], *, argument: 
             )
 
 
+def check_state(state: Any, kind: type, *, method: str) -> None:
+    """``state`` must be the ``kind`` that ``method``'s ``init`` returned (not another method's or chain's)."""
+    if not isinstance(state, kind):
+        raise TypeError(
+            f"`state` of {method} must be the {kind.__name__} its init returned, got {type(state).__name__}. "
+            f"Pass each method its own state: a chain's state is the tuple of its stages' states, in order, and "
+            f"jc.optim.compression_state(opt_state) gives the state of the recipe inside an optimizer."
+        )
+
+
+def check_leaf_shapes(leaves: Mapping[str, Any], shapes: Mapping[str, tuple], *, method: str) -> None:
+    """Each leaf must have the shape ``method``'s state was built for (checked at trace time; no broadcasting)."""
+    for p, shape in shapes.items():
+        found = tuple(jnp.shape(leaves[p]))
+        if found != tuple(shape):
+            raise ValueError(
+                f"`params` leaf {p!r} has shape {found}, but the {method} state was built for shape "
+                f"{tuple(shape)}. Pass params shaped as at init (re-run init after changing the model)."
+            )
+
+
 def selected_weights(rule: Any, params: Any) -> tuple[dict[str, Any], list[str]]:
     """``(flat params, paths selected by rule)``, the selected leaves checked to be finite floats.
 
     What every method's ``init`` does first.
     """
     flat, _ = paths_lib.flatten(params)
+    for p, leaf in flat.items():
+        if not isinstance(leaf, (jax.Array, np.ndarray, np.generic, int, float, complex)):
+            raise TypeError(
+                f"`params` leaf {p!r} is a {type(leaf).__name__}: {leaf!r}; params must be a pytree of arrays "
+                f"(or numbers). Keep other values out of the params tree (e.g. in a static module attribute)."
+            )
     selected = paths_lib.select(rule, params)
     check_float_leaves(flat, selected)
     check_finite_leaves(flat, selected)

@@ -109,9 +109,7 @@ def _decode(meta: Mapping[str, Any], blob: bytes, arrays: Mapping[str, np.ndarra
         out = np.frombuffer(blob, dtype).reshape(shape)
         return out.astype(_numeric_dtype(meta.get("as", meta["dtype"])))
     if encoding == "codes":
-        unsigned = codec.decode(meta["codec"], blob)
-        if unsigned.shape != shape:
-            raise ValueError(f"decoded shape {unsigned.shape}, expected {shape}")
+        unsigned = codec.decode(meta["codec"], blob, expected_shape=shape)
         dtype = np.dtype(meta["dtype"])
         if dtype not in (np.int8, np.uint8):
             raise ValueError(f"codes are stored as int8 or uint8, not {dtype}")

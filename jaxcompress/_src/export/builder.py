@@ -138,7 +138,15 @@ def export(
     def infer(weights, x):
         return fn(weights, x)
 
-    exported = jax.export.export(jax.jit(infer), platforms=platforms)(w_spec, x_spec)
+    try:
+        exported = jax.export.export(jax.jit(infer), platforms=platforms)(w_spec, x_spec)
+    except jax.errors.InconclusiveDimensionOperation as e:
+        raise ValueError(
+            "`model`'s forward branches on (or computes with) the batch size, but the exported program takes "
+            "any batch size (its batch dimension is symbolic), so the branch cannot be decided. Make the forward "
+            "independent of x.shape[0] (jnp.where instead of a Python `if` on it; reshape with -1 for the batch). "
+            f"JAX said: {str(e).splitlines()[0]}"
+        ) from e
 
     stored, leaves, args = storage(args, candidates)
     metadata = {

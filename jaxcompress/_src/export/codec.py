@@ -499,12 +499,17 @@ def decode_bytes(coder: Any, blob: bytes, count: Any, what: str) -> bytes:
     return _decode_stream(coder, blob, _int(count, f"{what} size", 0), 256, what).astype(np.uint8).tobytes()
 
 
-def decode(meta: Mapping[str, Any], blob: bytes) -> np.ndarray:
-    """The codes ``encode`` stored, as a ``uint8`` array of ``meta["shape"]``; ``ValueError`` if inconsistent."""
+def decode(meta: Mapping[str, Any], blob: bytes, *, expected_shape: tuple[int, ...] | None = None) -> np.ndarray:
+    """The codes ``encode`` stored, as a ``uint8`` array of ``meta["shape"]``; ``ValueError`` if inconsistent.
+
+    With ``expected_shape``, a meta of another shape is refused before anything is allocated.
+    """
     try:
         if meta["version"] != _VERSION:
             raise ValueError(f"codec meta version {meta['version']!r}, expected {_VERSION}")
         shape = tuple(_int(d, "shape", 0) for d in meta["shape"])
+        if expected_shape is not None and shape != tuple(expected_shape):
+            raise ValueError(f"codec meta shape {shape}, expected {tuple(expected_shape)}")
         _int(meta["bits"], "bits", 1, 8)
         bg = meta["background"]
         if bg is not None:

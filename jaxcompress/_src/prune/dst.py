@@ -135,6 +135,7 @@ def _dynamic(
                 f"(jc.optim.with_compression passes them)."
             )
         weights = paths_lib.leaves_at(params, keep)
+        validate.check_leaf_shapes(weights, {p: m.shape for p, m in keep.items()}, method=name)
         leaf_grads = paths_lib.leaves_at(grads, keep) if decay else None
         step = state.count
         if decay:  # RigL: cosine decay of the drop fraction to 0 at `end`.
@@ -151,7 +152,7 @@ def _dynamic(
     def apply(params: Any, state: DSTState) -> Any:
         return apply_straight_through(params, state.masks.keep)
 
-    return core.Transform(init, update, apply)
+    return core.Transform(init, *core.checking_state(DSTState, name, update, apply))
 
 
 def set_(

@@ -174,6 +174,7 @@ def pruner(
                 f"(jc.optim.with_compression passes them)."
             )
         weights = paths_lib.leaves_at(params, keep)
+        validate.check_leaf_shapes(weights, {p: m.shape for p, m in keep.items()}, method="jc.prune method")
         leaf_grads = None
         if score.needs_grads:  # zero outside the masks, whether or not the forward pass masked the weights
             leaf_grads = {p: keep[p].keep(g) for p, g in paths_lib.leaves_at(grads, keep).items()}
@@ -191,4 +192,4 @@ def pruner(
         keep = state.masks.keep
         return paths_lib.map_selected(lambda path, w: keep[path].keep(w), params, keep)
 
-    return core.Transform(init, update, apply)
+    return core.Transform(init, *core.checking_state(PrunerState, "jc.prune method", update, apply))

@@ -98,7 +98,7 @@ def ste(inner: core.Recipe) -> core.Transform:
     def apply(params: Any, state: STEState) -> Any:
         return apply_straight_through(params, core.masks_of(_convert(state.inner_state, SoftMasks, core.Masks)))
 
-    return core.Transform(init, update, apply)
+    return core.Transform(init, *core.checking_state(STEState, "jc.prune.ste", update, apply))
 
 
 def apply_straight_through(params: Any, masks: dict[str, packed.PackedMask]) -> Any:

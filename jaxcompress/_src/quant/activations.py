@@ -210,7 +210,7 @@ def activations(
         paths_lib.leaves_at(params, state.config.kernels)  # the params the state was built for
         return params
 
-    return core.Transform(init, update, apply)
+    return core.Transform(init, *core.checking_state(ActivationsState, "jc.quant.activations", update, apply))
 
 
 def _zero_range() -> Range:

@@ -85,4 +85,4 @@ def half_precision(dtype: str = "float16", *, rule: paths_lib.Rule = VECTORS) ->
         del state
         return paths_lib.map_selected(rounded, params, paths_lib.select(selector, params))
 
-    return core.Transform(init, update, apply)
+    return core.Transform(init, *core.checking_state(HalfPrecisionState, "jc.quant.half_precision", update, apply))

@@ -275,7 +275,7 @@ def kmeans(
 
     def update(params: Any, state: KMeansState, grads: Any = None, **extra_args) -> KMeansState:
         del grads, extra_args
-        leaves = paths_lib.leaves_at(params, state.assignments)
+        leaves = _leaves(params, state)
         paths = list(state.assignments)
         codebooks, assignments = dict(state.learned.values), dict(state.assignments)
         if recluster_at is not None:
@@ -296,7 +296,7 @@ def kmeans(
 
     def quantize(params: Any, state: KMeansState) -> dict[str, IntegerWeights]:
         out = {}
-        for p, w in paths_lib.leaves_at(params, state.assignments).items():
+        for p, w in _leaves(params, state).items():
             learned, assign = state.learned.values[p], state.assignments[p]
             clustered, codebook = assign, learned.astype(precision).astype(jnp.float32)
             if keep_zeros:  # pruned at any step: the fixed zero, index k (pinned, though its gradient is 0)
@@ -307,4 +307,10 @@ def kmeans(
             out[p] = IntegerWeights(codes, scale, None, bits, False, codebook=lax.stop_gradient(codebook))
         return out
 
-    return core.Quantizer(init, update, quantize)
+    return core.Quantizer(init, *core.checking_state(KMeansState, "jc.quant.kmeans", update, quantize))
+
+
+def _leaves(params: Any, state: KMeansState) -> dict[str, Any]:
+    leaves = paths_lib.leaves_at(params, state.assignments)
+    validate.check_leaf_shapes(leaves, {p: a.shape for p, a in state.assignments.items()}, method="jc.quant.kmeans")
+    return leaves

@@ -131,4 +131,4 @@ def log2(
     def quantize(params: Any, state: Log2State) -> dict[str, IntegerWeights]:
         return {p: log2_quantize(w, bits, granularity) for p, w in paths_lib.leaves_at(params, state.bits).items()}
 
-    return core.Quantizer(init, update, quantize)
+    return core.Quantizer(init, *core.checking_state(Log2State, "jc.quant.log2", update, quantize))

@@ -203,9 +203,18 @@ def lsq(
 
     def quantize(params: Any, state: LSQState) -> dict[str, IntegerWeights]:
         steps = state.learned.values
+        leaves = paths_lib.leaves_at(params, steps)
+        for p, w in leaves.items():
+            expected = granularity.stat_shape(tuple(jnp.shape(w)))
+            if tuple(jnp.shape(steps[p])) != tuple(expected):
+                raise ValueError(
+                    f"`params` leaf {p!r} has shape {tuple(jnp.shape(w))}, but the jc.quant.lsq state holds a step "
+                    f"of shape {tuple(jnp.shape(steps[p]))} for it (expected {tuple(expected)}): the state was "
+                    f"built for other params. Pass params shaped as at init (re-run init after changing the model)."
+                )
         return {
             p: lsq_quantize(w, steps[p], bits, signed=signed, granularity=granularity)
-            for p, w in paths_lib.leaves_at(params, steps).items()
+            for p, w in leaves.items()
         }
 
-    return core.Quantizer(init, update, quantize)
+    return core.Quantizer(init, *core.checking_state(LSQState, "jc.quant.lsq", update, quantize))

@@ -262,7 +262,7 @@ def uniform(
             for p, w in paths_lib.leaves_at(params, state.bits).items()
         }
 
-    return core.Quantizer(init, update, quantize)
+    return core.Quantizer(init, *core.checking_state(UniformState, "jc.quant.uniform", update, quantize))
 
 
 def symmetric(

@@ -1,0 +1,149 @@
+"""Zeros stay zero over a long run: every pruner chained with every weight quantizer, 10,000 steps.
+
+One param tree holds a leaf per (pruner, quantizer) pair; a chain of all the
+pruners then all the quantizers, each selecting its own leaves, compresses it,
+so one compiled program trains every pair. Every ``CHECK_EVERY`` steps the run
+counts, for each pair, the weights outside the current mask that are not
+exactly zero in the params, in the fake-quantized weights and in the integer
+codes (a code that does not decode to 0.0). All counts must be 0, and the
+masks must hold the sparsity they were asked for (so the check is not vacuous).
+"""
+
+import functools
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from helpers import standard_promotion
+
+import jaxcompress as jc
+
+STEPS = int(os.environ.get("JAXCOMPRESS_LONG_RUN_STEPS", "10000"))
+CHECK_EVERY = 500
+SPARSITY = 0.5
+_GRADUAL = jc.schedules.polynomial(0.0, SPARSITY, begin=0, end=2000, frequency=100)
+
+PRUNERS = {
+    "magnitude": lambda rule: jc.prune.magnitude(_GRADUAL, rule=rule),
+    "random": lambda rule: jc.prune.random(_GRADUAL, rule=rule),
+    "saliency": lambda rule: jc.prune.saliency(_GRADUAL, rule=rule),
+    "movement": lambda rule: jc.prune.movement(_GRADUAL, rule=rule),
+    "snip": lambda rule: jc.prune.snip(SPARSITY, rule=rule),
+    "n_m": lambda rule: jc.prune.n_m(2, 4, rule=rule),
+    "channel": lambda rule: jc.prune.channel(_GRADUAL, rule=rule),
+    "block": lambda rule: jc.prune.block(_GRADUAL, (2, 2), rule=rule),
+    "set": lambda rule: jc.prune.set_(SPARSITY, frequency=300, rule=rule),
+    "rigl": lambda rule: jc.prune.rigl(SPARSITY, end=STEPS // 2, frequency=300, rule=rule),
+    "ste": lambda rule: jc.prune.ste(jc.prune.magnitude(_GRADUAL, rule=rule)),
+}
+QUANTIZERS = {
+    "int8": lambda rule: jc.quant.int8(rule=rule),
+    "asymmetric-tensor": lambda rule: jc.quant.uniform(4, symmetric=False, granularity="tensor", rule=rule),
+    "asymmetric-unsigned-group": lambda rule: jc.quant.uniform(
+        4, symmetric=False, signed=False, granularity=jc.quant.per_group(4), rule=rule
+    ),
+    "stochastic": lambda rule: jc.quant.uniform(4, rounding="stochastic", rule=rule),
+    "lsq": lambda rule: jc.quant.lsq(4, rule=rule),
+    "log2": lambda rule: jc.quant.log2(4, rule=rule),
+    "kmeans": lambda rule: jc.quant.kmeans(3, rule=rule),
+}
+OPTIMIZERS = {
+    "adamw": lambda: optax.adamw(3e-3, weight_decay=0.1),
+    "sgd-momentum": lambda: optax.sgd(3e-2, momentum=0.9),
+    "multisteps-adam": lambda: optax.adam(3e-3),  # wrapped in optax.MultiSteps(every_k_schedule=2) below
+}
+SHAPE = (8, 8)
+
+
+def _path(pruner: str, quantizer: str) -> str:
+    return f"{pruner}__{quantizer}"
+
+
+def _problem():
+    keys = jax.random.split(jax.random.key(0), 3 * len(PRUNERS) * len(QUANTIZERS)).reshape(-1, 3)
+    params, inputs, targets = {}, {}, {}
+    pairs = [(p, q) for p in PRUNERS for q in QUANTIZERS]
+    for (p, q), k in zip(pairs, keys, strict=True):
+        params[_path(p, q)] = jax.random.normal(k[0], SHAPE)
+        inputs[_path(p, q)] = jax.random.normal(k[1], (16, SHAPE[0]))
+        targets[_path(p, q)] = jax.random.normal(k[2], (16, SHAPE[1]))
+    stages = [build(jc.paths.regex(rf"^{p}__")) for p, build in PRUNERS.items()]
+    stages += [build(jc.paths.regex(rf"__{q}$")) for q, build in QUANTIZERS.items()]
+    return params, inputs, targets, jc.chain(*stages)
+
+
+def _violations(recipe, params, cstate):
+    """Per leaf: [weights outside the mask that are non-zero in params, in the fake-quantized weights,
+    in the integer codes; weights outside the mask]."""
+    masks = jc.masks_of(cstate)
+    # ste's masks shape the forward pass only: its params stay dense, its weights and codes must not.
+    is_soft = lambda x: isinstance(x, jc.prune.SoftMasks)
+    soft = {p: m for n in jax.tree.leaves(cstate, is_leaf=is_soft) if is_soft(n) for p, m in n.keep.items()}
+    compressed = recipe.apply(params, cstate)
+    integer = jc.integer_weights(recipe, params, cstate)
+    out = {}
+    for path, mask in {**masks, **soft}.items():
+        pruned = ~mask.unpack()
+        decoded = integer[path].dequantize()
+        out[path] = jnp.stack(
+            [
+                jnp.sum(pruned & (params[path] != 0)) if path in masks else jnp.int32(0),
+                jnp.sum(pruned & (compressed[path] != 0)),
+                jnp.sum(pruned & (decoded != 0)),
+                jnp.sum(pruned),
+            ]
+        )
+    return out
+
+
+@functools.cache
+def _run(optimizer: str):
+    params, inputs, targets, recipe = _problem()
+    inner = standard_promotion(OPTIMIZERS[optimizer]())  # optax's own code needs standard promotion
+    tx = jc.optim.with_compression(inner, recipe)
+    if optimizer.startswith("multisteps"):
+        tx = optax.MultiSteps(tx, every_k_schedule=2)
+
+    def loss_fn(p, cstate):
+        w = recipe.apply(p, cstate)
+        return sum(jnp.mean((inputs[k] @ w[k] - targets[k]) ** 2) for k in w)
+
+    grad_fn = jc.optim.value_and_grad(loss_fn)
+
+    def step(carry, _):
+        p, opt_state = carry
+        cstate = jc.optim.compression_state(opt_state)
+        _, grads, learned_grads = grad_fn(p, cstate)
+        updates, opt_state = tx.update(grads, opt_state, p, learned_grads=learned_grads)
+        return (optax.apply_updates(p, updates), opt_state), None
+
+    def block(carry, _):
+        carry, _ = jax.lax.scan(step, carry, None, length=CHECK_EVERY)
+        p, opt_state = carry
+        return carry, _violations(recipe, p, jc.optim.compression_state(opt_state))
+
+    @jax.jit
+    def run(p, opt_state):
+        return jax.lax.scan(block, (p, opt_state), None, length=STEPS // CHECK_EVERY)
+
+    (final, _), counts = run(params, tx.init(params))
+    return params, final, jax.tree.map(np.asarray, counts)
+
+
+@pytest.mark.parametrize("optimizer", sorted(OPTIMIZERS))
+def test_pruned_weights_stay_exactly_zero_in_params_fake_quantized_weights_and_codes(optimizer):
+    initial, final, counts = _run(optimizer)
+    assert len(counts) == len(PRUNERS) * len(QUANTIZERS)
+    for path, c in counts.items():
+        in_params, in_weights, in_codes, pruned = c.T
+        assert not in_params.any(), (path, "params", in_params)
+        assert not in_weights.any(), (path, "fake-quantized weights", in_weights)
+        assert not in_codes.any(), (path, "integer codes", in_codes)
+        # Not vacuous: by the end every pair holds its sparsity, and its kept weights trained.
+        assert pruned[-1] == round(SPARSITY * np.prod(SHAPE)), (path, pruned)
+        assert not np.array_equal(np.asarray(final[path]) != 0, np.asarray(initial[path]) != 0) or bool(
+            jnp.any(final[path] != initial[path])
+        ), path
