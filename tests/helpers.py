@@ -36,7 +36,8 @@ def make_params(seed: int = 0, dtype=jnp.float32) -> dict:
 
 def promotion(tx: optax.GradientTransformation, mode: str) -> optax.GradientTransformationExtraArgs:
     """``tx`` run under dtype promotion ``mode`` (``"standard"`` or ``"strict"``)."""
-    tx = optax.with_extra_args_support(tx)
+    if not isinstance(tx, optax.MultiSteps):  # its update takes extra args; optax's wrapper would drop them
+        tx = optax.with_extra_args_support(tx)
 
     def init(params):
         with jax.numpy_dtype_promotion(mode):
