@@ -341,6 +341,9 @@ def load(path: str | os.PathLike) -> Artifact:
     except Exception as e:  # a crafted section fails anywhere inside the deserializer
         raise ValueError(f"{source}: its program section does not deserialize ({type(e).__name__}: {e}).") from None
     _check_signature(exported, leaves, source)
+    for meta, leaf in zip([m for m in header["arrays"] if not m.get("internal")], leaves, strict=True):
+        if np.issubdtype(leaf.dtype, np.floating) and not np.isfinite(leaf).all():  # export refuses NaN/Inf
+            raise ValueError(f"{source}: array {meta['name']!r} holds NaN/Inf values; the file is corrupt.")
     (weights, _), _ = jax.tree_util.tree_unflatten(exported.in_tree, [*leaves, None])
     return Artifact(exported, weights, header["metadata"])
 

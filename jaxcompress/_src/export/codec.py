@@ -237,6 +237,8 @@ def _stream_size(coder: str, sym: np.ndarray, alphabet: int) -> int:
 
 
 def _decode_stream(coder: str, data: bytes, count: int, alphabet: int, what: str) -> np.ndarray:
+    if count > _MAX_COUNT:
+        raise ValueError(f"{what}: {count} symbols, more than any stream this format stores")
     if count == 0:
         if data:
             raise ValueError(f"{what}: {len(data)} bytes for an empty stream")
@@ -412,6 +414,9 @@ def encode_bytes(data: bytes) -> tuple[str, bytes]:
 
 
 # ------------------------------------------------------------------------------------------------------ decode
+
+
+_MAX_COUNT = 1 << 34  # a bound on one stream, so a crafted count cannot overflow a length or ask for terabytes
 
 
 def _int(value: Any, what: str, lo: int, hi: int | float = math.inf) -> int:
