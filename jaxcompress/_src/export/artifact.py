@@ -345,7 +345,7 @@ def load(path: str | os.PathLike) -> Artifact:
         if np.issubdtype(leaf.dtype, np.floating) and not np.isfinite(leaf).all():  # export refuses NaN/Inf
             raise ValueError(f"{source}: array {meta['name']!r} holds NaN/Inf values; the file is corrupt.")
     (weights, _), _ = jax.tree_util.tree_unflatten(exported.in_tree, [*leaves, None])
-    return Artifact(exported, weights, header["metadata"])
+    return Artifact(exported, weights, {**header["metadata"], "file_bytes": len(data)})
 
 
 def _check_signature(exported: jax.export.Exported, leaves: list[np.ndarray], source: str) -> None:

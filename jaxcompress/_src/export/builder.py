@@ -53,7 +53,10 @@ class Exported(artifact.Artifact):
 
 
 def _saved_metadata(metadata: dict) -> dict:
-    """The metadata the file keeps: each layer's chosen format, not the sizes of every format tried."""
+    """The metadata the file keeps: each layer's chosen format, not the sizes of every format tried.
+
+    Nothing a save adds goes in, so saving twice writes the same bytes.
+    """
 
     def slim(leaf: dict) -> dict:
         if "parts" not in leaf:
@@ -61,7 +64,8 @@ def _saved_metadata(metadata: dict) -> dict:
         parts = {k: {f: v for f, v in part.items() if f != "tried"} for k, part in leaf["parts"].items()}
         return {**leaf, "parts": parts}
 
-    return {**metadata, "leaves": {k: slim(v) for k, v in metadata["leaves"].items()}}
+    kept = {k: v for k, v in metadata.items() if k not in ("file_bytes", "section_bytes")}  # facts of one save
+    return {**kept, "leaves": {k: slim(v) for k, v in metadata["leaves"].items()}}
 
 
 def export(
