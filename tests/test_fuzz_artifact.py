@@ -23,9 +23,7 @@ import jaxcompress as jc
 from jaxcompress._src.export import artifact
 
 EXAMPLES = int(os.environ.get("JAXCOMPRESS_FUZZ_EXAMPLES", "120"))
-CASES = settings(
-    max_examples=3 * EXAMPLES, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck)
-)
+CASES = settings(max_examples=3 * EXAMPLES, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
 JSON_VALUES = st.recursive(
     st.none() | st.booleans() | st.integers(-(2**63), 2**63) | st.floats(allow_nan=False) | st.text(max_size=8),
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),

@@ -30,7 +30,8 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float
 
 @st.composite
 def param_trees(draw):
-    """1 to 3 layers: a kernel of rank 2 to 4 (small dims) and a bias, one float dtype, any scale, some zeros."""
+    """1 to 3 layers: a kernel of rank 2 to 4 (small dims) and a bias, one float dtype, any scale, some zeros;
+    sometimes a Python float and an int32 leaf beside them."""
     dtype = DTYPES[draw(st.sampled_from(sorted(DTYPES)))]
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
     scale = draw(st.sampled_from([1e-3, 1.0, 50.0]))
@@ -41,6 +42,8 @@ def param_trees(draw):
         kernel[rng.random(shape) < draw(st.sampled_from([0.0, 0.3, 1.0]))] = 0.0
         bias = rng.normal(size=shape[-1])
         tree[f"layer{i}"] = {"kernel": jnp.asarray(kernel, dtype), "bias": jnp.asarray(bias, dtype)}
+    if draw(st.booleans()):  # leaves no default rule selects: a Python float and an integer counter
+        tree["temperature"], tree["step"] = 0.5, jnp.asarray(3, jnp.int32)
     return tree
 
 
@@ -120,7 +123,13 @@ def test_random_trees_and_recipes_give_a_clear_error_or_a_correct_result(params,
         event(f"refused at init: {type(e).__name__}")
         return  # refused clearly: a pass (the checks below are for the recipes init accepts)
     event("accepted: checked")
-    grads = jax.tree.map(lambda w: jax.random.normal(jax.random.key(seed), w.shape, w.dtype), params)
+
+    def gradient(w):
+        if not jnp.issubdtype(jnp.result_type(w), jnp.floating):
+            return jnp.zeros_like(w)
+        return jax.random.normal(jax.random.key(seed), jnp.shape(w), jnp.result_type(w))
+
+    grads = jax.tree.map(gradient, params)
 
     @jax.jit  # one program per example: two updates, apply, and the integer form
     def run(params, state, grads):
@@ -132,7 +141,7 @@ def test_random_trees_and_recipes_give_a_clear_error_or_a_correct_result(params,
     assert jax.tree.structure(out) == jax.tree.structure(params)
     flat, flat_out = jc.paths.flatten(params)[0], jc.paths.flatten(out)[0]
     for path, w in flat.items():
-        assert flat_out[path].shape == w.shape and flat_out[path].dtype == w.dtype, path
+        assert flat_out[path].shape == jnp.shape(w) and flat_out[path].dtype == jnp.result_type(w), path
         assert bool(jnp.all(jnp.isfinite(flat_out[path].astype(jnp.float32)))), path
     masks = jc.masks_of(state)
     soft = [n for n in jax.tree.leaves(state, is_leaf=lambda x: isinstance(x, jc.prune.SoftMasks))]
@@ -144,9 +153,8 @@ def test_random_trees_and_recipes_give_a_clear_error_or_a_correct_result(params,
             assert not np.any(np.asarray(decoded[path])[pruned]), path
     if isinstance(stages[-1], jc.Quantizer) or (len(stages) > 1 and isinstance(stages[-2], jc.Quantizer)):
         for path, values in decoded.items():
-            np.testing.assert_array_equal(
-                np.asarray(values.astype(flat[path].dtype), np.float32), np.asarray(flat_out[path], np.float32)
-            )
+            stored = np.asarray(values.astype(jnp.result_type(flat[path])), np.float32)
+            np.testing.assert_array_equal(stored, np.asarray(flat_out[path], np.float32))
 
 
 class _MLP(nn.Module):

@@ -105,10 +105,11 @@ def test_a_leaf_that_is_not_an_array_is_named():
         jc.compress(jc.quant.int8(), params)
 
 
-def test_python_number_leaves_are_fine():
-    params = {"w": jnp.arange(16.0).reshape(4, 4), "temperature": 1.0}
-    compressed, _ = jc.compress(jc.quant.int8(), params)
-    assert compressed["temperature"] == 1.0
+def test_python_number_and_integer_leaves_are_fine():
+    params = {"w": jnp.arange(16.0).reshape(4, 4), "temperature": 0.1, "step": jnp.asarray(3, jnp.int32)}
+    compressed, _ = jc.compress(jc.chain(jc.quant.int8(), jc.quant.half_precision()), params)
+    assert float(compressed["temperature"]) == float(jnp.float16(0.1))  # a float scalar is rounded like a bias
+    assert compressed["step"].dtype == jnp.int32 and int(compressed["step"]) == 3  # a counter is not
 
 
 class _BranchesOnBatch(nn.Module):

@@ -105,7 +105,8 @@ class IntegerWeights:
 def fake_quantize(params, integer: dict[str, IntegerWeights]):
     """``params`` with each leaf in ``integer`` replaced by its dequantization, in the leaf's dtype."""
     check_codes_fit(integer, paths_lib.leaves_at(params, integer))
-    return paths_lib.map_selected(lambda p, w: integer[p].dequantize().astype(w.dtype), params, list(integer))
+    dequantized = lambda p, w: integer[p].dequantize().astype(jnp.result_type(w))
+    return paths_lib.map_selected(dequantized, params, list(integer))
 
 
 def check_codes_fit(integer: dict[str, IntegerWeights], leaves: dict) -> None:
@@ -118,8 +119,10 @@ def check_codes_fit(integer: dict[str, IntegerWeights], leaves: dict) -> None:
             for a, n in enumerate(shape)
         ]
         scale_shape = tuple(jnp.shape(iw.scale))
-        if tuple(iw.codes.shape) != shape or len(scale_shape) != len(shape) or any(
-            s not in ok for s, ok in zip(scale_shape, allowed, strict=False)
+        if (
+            tuple(iw.codes.shape) != shape
+            or len(scale_shape) != len(shape)
+            or any(s not in ok for s, ok in zip(scale_shape, allowed, strict=False))
         ):
             raise ValueError(
                 f"`params` leaf {p!r} has shape {shape}, but the quantizer's state gives codes of shape "

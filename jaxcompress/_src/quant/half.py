@@ -22,8 +22,11 @@ from jaxcompress._src import paths as paths_lib
 
 __all__ = ["VECTORS", "HalfPrecisionState", "half_precision"]
 
-VECTORS = paths_lib.Selector(lambda _, x: jnp.ndim(x) <= 1, "ndim <= 1")
-"""Every leaf with at most one dimension: biases, normalization scales and offsets."""
+VECTORS = paths_lib.Selector(
+    lambda _, x: jnp.ndim(x) <= 1 and jnp.issubdtype(jnp.result_type(x), jnp.floating), "float leaves with ndim <= 1"
+)
+"""Every floating-point leaf with at most one dimension: biases, normalization scales and offsets
+(not integer counters kept in the params)."""
 
 _DTYPES = {"float16": jnp.float16, "bfloat16": jnp.bfloat16}
 
@@ -47,7 +50,7 @@ def half_precision(dtype: str = "float16", *, rule: paths_lib.Rule = VECTORS) ->
     Args:
       dtype: ``"float16"`` (10-bit mantissa, range to 65504) or ``"bfloat16"``
         (8-bit mantissa, float32's range).
-      rule: which leaves (default: every leaf with ``ndim <= 1``, the biases).
+      rule: which leaves (default: every float leaf with ``ndim <= 1``, the biases).
 
     Returns:
       A :class:`jaxcompress.Transform` whose state is :class:`HalfPrecisionState`.
@@ -80,6 +83,7 @@ def half_precision(dtype: str = "float16", *, rule: paths_lib.Rule = VECTORS) ->
 
     def apply(params: Any, state: HalfPrecisionState) -> Any:
         def rounded(_, w):
+            w = jnp.asarray(w)  # a Python float leaf too
             return _identity_grad(w, w.astype(narrow).astype(w.dtype))
 
         del state

@@ -212,9 +212,6 @@ def lsq(
                     f"of shape {tuple(jnp.shape(steps[p]))} for it (expected {tuple(expected)}): the state was "
                     f"built for other params. Pass params shaped as at init (re-run init after changing the model)."
                 )
-        return {
-            p: lsq_quantize(w, steps[p], bits, signed=signed, granularity=granularity)
-            for p, w in leaves.items()
-        }
+        return {p: lsq_quantize(w, steps[p], bits, signed=signed, granularity=granularity) for p, w in leaves.items()}
 
     return core.Quantizer(init, *core.checking_state(LSQState, "jc.quant.lsq", update, quantize))
