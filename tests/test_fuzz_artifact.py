@@ -75,6 +75,12 @@ def _loads_correctly_or_refuses(path, data: bytes, x, *, must_refuse: bool = Fal
     assert loaded.exported.out_avals[0].shape[1:] == (4,)
 
 
+def _flip(data, body: bytearray, *, most: int) -> None:
+    """Flips bits of 1 to ``most`` distinct bytes (non-zero masks: ``body`` always changes)."""
+    for i in data.draw(st.lists(st.integers(0, len(body) - 1), min_size=1, max_size=most, unique=True)):
+        body[i] ^= data.draw(st.integers(1, 255))
+
+
 @CASES
 @given(data=st.data())
 def test_corrupted_bytes_are_always_refused(original, data):
@@ -82,8 +88,7 @@ def test_corrupted_bytes_are_always_refused(original, data):
     body = bytearray(raw)
     kind = data.draw(st.sampled_from(["flip", "truncate", "append"]))
     if kind == "flip":
-        for i in data.draw(st.lists(st.integers(0, len(body) - 1), min_size=1, max_size=8, unique=True)):
-            body[i] ^= data.draw(st.integers(1, 255))  # distinct positions, non-zero masks: the file changed
+        _flip(data, body, most=8)
     elif kind == "truncate":
         body = body[: data.draw(st.integers(0, len(body) - 1))]
     else:
@@ -130,8 +135,7 @@ def test_payload_mutations_with_a_valid_checksum_are_refused_or_load_correctly(o
     body = bytearray(payload)
     kind = data.draw(st.sampled_from(["flip", "garbage-program", "shift"]))
     if kind == "flip":
-        for i in data.draw(st.lists(st.integers(0, len(body) - 1), min_size=1, max_size=6)):
-            body[i] ^= data.draw(st.integers(1, 255))
+        _flip(data, body, most=6)
     elif kind == "garbage-program":
         n = header["program"]["nbytes"]
         body[:n] = data.draw(st.binary(min_size=n, max_size=n))
