@@ -21,6 +21,7 @@ from jaxcompress._src.quant.activations import (
     activations,
     input_quantization,
     output_quantization,
+    pact_penalty,
 )
 from jaxcompress._src.quant.calibration import calibrate, observe_range
 from jaxcompress._src.quant.fold import fold_batchnorm, infer_batchnorm_pairs
@@ -81,6 +82,7 @@ __all__ = [
     "observe_range",
     "output_quantization",
     "pact_fake_quant",
+    "pact_penalty",
     "pact_scale",
     "per_channel",
     "per_group",

@@ -327,3 +327,36 @@ def test_einsum_and_dense_general_inputs_are_quantized():
         model.apply({"params": params}, x)
     for m in ("DenseGeneral_0", "Einsum_0"):
         np.testing.assert_array_equal(seen[m][0], np_dynamic(raw[m][0], 2))
+
+
+def test_an_uncalibrated_pact_level_learns_only_with_the_penalty():
+    """Choi et al. 2018: without eq. 3's L2 term, an alpha above every activation gets exactly zero gradient."""
+    aq = quant.activations(4, mode="pact", signed=False, rule="Dense_1")
+    weight = 0.05
+
+    def loss(p, c, penalty):
+        with quant.quantize_activations(c):
+            out = MODEL.apply({"params": p}, X)
+        return jnp.mean((out - 1.0) ** 2) + penalty * quant.pact_penalty(c)
+
+    state = aq.init(PARAMS)
+    x_max = float(np.asarray(run()[1]["Dense_1"][0]).max())
+    assert x_max < 6.0  # every input below the uncalibrated level
+    _, _, (plain,) = jc.optim.value_and_grad(loss)(PARAMS, state, 0.0)
+    assert float(plain.values["inputs"]["Dense_1"]) == 0.0  # stuck: the failure the penalty fixes
+    _, _, (pulled,) = jc.optim.value_and_grad(loss)(PARAMS, state, weight)
+    np.testing.assert_allclose(float(pulled.values["inputs"]["Dense_1"]), 2 * weight * 6.0, rtol=1e-6)  # d(w a^2)
+
+    tx = jc.optim.with_compression(optax.identity(), aq, learned_optimizer=optax.sgd(1.0))
+
+    @jax.jit
+    def step(p, opt_state):  # only alpha trains
+        _, grads, learned_grads = jc.optim.value_and_grad(loss)(p, jc.optim.compression_state(opt_state), weight)
+        return tx.update(jax.tree.map(jnp.zeros_like, grads), opt_state, p, learned_grads=learned_grads)[1]
+
+    opt_state = tx.init(PARAMS)
+    for _ in range(80):
+        opt_state = step(PARAMS, opt_state)
+    alpha = float(jc.optim.compression_state(opt_state).learned.values["inputs"]["Dense_1"])
+    assert alpha < x_max  # pulled down until inputs clip, where their gradient holds it
+    assert alpha > 0.1 * x_max

@@ -25,7 +25,11 @@ per tensor:
 * ``"pact"``: a learned clipping level, unsigned (PACT, :func:`~jaxcompress.quant.pact_fake_quant`).
 
 The learned values (``lsq``, ``pact``) are in a :class:`jaxcompress.Learned`
-node: train them with ``learned_grads=`` like any other.
+node: train them with ``learned_grads=`` like any other. A PACT clipping level
+gets a gradient only from activations above it, so one that starts above every
+activation (the uncalibrated 6.0) never moves: calibrate first
+(:func:`~jaxcompress.quant.calibrate` sets it to the observed maximum), or add
+the paper's L2 term, :func:`pact_penalty`, to the loss.
 
 **Export convention.** :func:`input_quantization` gives, per module path, an
 :class:`~jaxcompress.quant.InputQuant`: the grid convention (``grid.py``) the
@@ -66,6 +70,7 @@ __all__ = [
     "activations",
     "input_quantization",
     "output_quantization",
+    "pact_penalty",
 ]
 
 MODES = ("dynamic", "static", "lsq", "pact")
@@ -215,6 +220,36 @@ def activations(
 
 def _zero_range() -> Range:
     return Range(jnp.zeros([], jnp.float32), jnp.zeros([], jnp.float32))
+
+
+def pact_penalty(cstate: Any) -> jax.Array:
+    """PACT's L2 regularizer: the sum of every PACT clipping level squared, ``sum(alpha^2)``.
+
+    Add ``weight * pact_penalty(cstate)`` to the loss (Choi et al. use the
+    weights' decay, about 5e-4): it pulls each ``alpha`` down until
+    activations clip and their gradient holds it, so a level that starts above
+    every activation still learns. Differentiable in the learned values inside
+    ``cstate`` (as :func:`jaxcompress.optim.value_and_grad` hands them to the
+    loss); 0.0 when ``cstate`` has no PACT site.
+
+    Example:
+      >>> import flax.linen as nn, jax, jax.numpy as jnp, jaxcompress as jc
+      >>> params = nn.Dense(3).init(jax.random.key(0), jnp.ones((1, 4)))["params"]
+      >>> cstate = jc.quant.activations(4, mode="pact", signed=False).init(params)
+      >>> float(jc.quant.pact_penalty(cstate))  # the uncalibrated 6.0, squared
+      36.0
+
+    References:
+      Choi et al., "PACT: Parameterized Clipping Activation for Quantized
+      Neural Networks", 2018, eq. 3. https://arxiv.org/abs/1805.06085
+    """
+    total = jnp.zeros([], jnp.float32)
+    for state in find_states(cstate):
+        if state.config.mode == "pact":
+            for values in state.learned.values.values():
+                for alpha in values.values():
+                    total = total + jnp.sum(jnp.square(alpha.astype(jnp.float32)))
+    return total
 
 
 def _init_learned(mode: str, bits: int, signed: bool) -> jax.Array:
