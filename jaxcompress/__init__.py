@@ -37,7 +37,20 @@ from jaxcompress._src.integer import IntegerWeights
 
 __version__ = "0.2.0.dev0"
 
-_SUBMODULES = ("data", "demo", "export", "masks", "models", "optim", "paths", "prune", "quant", "schedules", "train")
+_SUBMODULES = (
+    "data",
+    "demo",
+    "distill",
+    "export",
+    "masks",
+    "models",
+    "optim",
+    "paths",
+    "prune",
+    "quant",
+    "schedules",
+    "train",
+)
 
 __all__ = [
     "ApplyFn",
@@ -70,4 +83,4 @@ def __getattr__(name: str):
 
 
 if TYPE_CHECKING:  # pragma: no cover
-    from jaxcompress import data, demo, export, masks, models, optim, paths, prune, quant, schedules, train  # noqa: F401
+    from jaxcompress import data, demo, distill, export, masks, models, optim, paths, prune, quant, schedules, train  # noqa: F401
