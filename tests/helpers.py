@@ -79,3 +79,10 @@ def local_mnist() -> pathlib.Path | None:
         if c and (pathlib.Path(c) / jc.data.MNIST_FILES["y_test"]).exists():
             return pathlib.Path(c)
     return None
+
+
+def soft_masks(state) -> dict:
+    """The masks of every ``jc.prune.ste`` inside ``state``, by path: they shape the forward pass only,
+    so ``jc.masks_of`` (the enforced masks) leaves them out."""
+    is_soft = lambda x: isinstance(x, jc.prune.SoftMasks)
+    return {p: m for n in jax.tree.leaves(state, is_leaf=is_soft) if is_soft(n) for p, m in n.keep.items()}

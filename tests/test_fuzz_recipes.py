@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import soft_masks
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
@@ -144,8 +145,7 @@ def test_random_trees_and_recipes_give_a_clear_error_or_a_correct_result(params,
         assert flat_out[path].shape == jnp.shape(w) and flat_out[path].dtype == jnp.result_type(w), path
         assert bool(jnp.all(jnp.isfinite(flat_out[path].astype(jnp.float32)))), path
     masks = jc.masks_of(state)
-    soft = [n for n in jax.tree.leaves(state, is_leaf=lambda x: isinstance(x, jc.prune.SoftMasks))]
-    soft = {p: m for n in soft if isinstance(n, jc.prune.SoftMasks) for p, m in n.keep.items()}
+    soft = soft_masks(state)
     for path, mask in {**masks, **soft}.items():
         pruned = ~np.asarray(mask.unpack())
         assert not np.any(np.asarray(flat_out[path], np.float32)[pruned]), path

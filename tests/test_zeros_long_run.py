@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from helpers import standard_promotion
+from helpers import soft_masks, standard_promotion
 
 import jaxcompress as jc
 
@@ -92,9 +92,7 @@ def _violations(recipe, params, cstate):
     """Per leaf: [weights outside the mask that are non-zero in params, in the fake-quantized weights,
     in the integer codes; weights outside the mask]."""
     masks = jc.masks_of(cstate)
-    # ste's masks shape the forward pass only: its params stay dense, its weights and codes must not.
-    is_soft = lambda x: isinstance(x, jc.prune.SoftMasks)
-    soft = {p: m for n in jax.tree.leaves(cstate, is_leaf=is_soft) if is_soft(n) for p, m in n.keep.items()}
+    soft = soft_masks(cstate)  # ste's: its params stay dense, its weights and codes must not
     compressed = recipe.apply(params, cstate)
     integer = jc.integer_weights(recipe, params, cstate)
     out = {}
