@@ -30,7 +30,7 @@ STEPS = int(os.environ.get("JAXCOMPRESS_LONG_RUN_STEPS", "10000"))
 FULL = os.environ.get("JAXCOMPRESS_LONG_RUN") == "full"
 CHECK_EVERY = 500
 SPARSITY = 0.5
-_GRADUAL = jc.schedules.polynomial(0.0, SPARSITY, begin=0, end=2000, frequency=100)
+_GRADUAL = jc.schedules.polynomial(0.0, SPARSITY, begin=0, end=min(2000, STEPS // 5), frequency=100)
 
 PRUNERS = {
     "magnitude": lambda rule: jc.prune.magnitude(_GRADUAL, rule=rule),
