@@ -42,6 +42,7 @@ _SUBMODULES = (
     "demo",
     "distill",
     "export",
+    "joint",
     "masks",
     "models",
     "optim",
@@ -83,4 +84,18 @@ def __getattr__(name: str):
 
 
 if TYPE_CHECKING:  # pragma: no cover
-    from jaxcompress import data, demo, distill, export, masks, models, optim, paths, prune, quant, schedules, train  # noqa: F401
+    from jaxcompress import (  # noqa: F401
+        data,
+        demo,
+        distill,
+        export,
+        joint,
+        masks,
+        models,
+        optim,
+        paths,
+        prune,
+        quant,
+        schedules,
+        train,
+    )

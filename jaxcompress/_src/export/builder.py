@@ -307,7 +307,8 @@ def _integer_form(recipe, params, cstate, compressed) -> dict[str, core.IntegerW
                 f"Leaf {path!r}: its integer form does not dequantize to the weights the recipe applies "
                 f"({int(differ.sum())} of {differ.size} entries differ; at {index}: {stored[index]!r} stored, "
                 f"{trained[index]!r} trained). A stage after the quantizer set values its grid cannot "
-                "represent (e.g. zeros a codebook lacks): chain pruning before quantization."
+                "represent (e.g. zeros a codebook lacks): chain pruning before quantization. Or the quantizer "
+                "has not started yet (jc.joint.delayed before its `start`): export after it has."
             )
     return integer
 
