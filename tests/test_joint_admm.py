@@ -86,9 +86,8 @@ def test_init_update_and_penalty_follow_the_scaled_admm_recursion():
     np.testing.assert_array_equal(np.asarray(s1.z["a/kernel"]), np.asarray(state.z["a/kernel"]))
     assert float(s1.rho) == 0.5
     s2 = update({"a": {"kernel": jnp.asarray(w1)}, "a_bias": jnp.ones(3)}, s1)  # step 2: Z and dual steps
-    u = w1 - np.asarray(state.z["a/kernel"])
-    z = proj(w1 + u)
-    u = (u + w1 - z) * 0.5 / 1.0
+    z = proj(w1)  # Z = project(W + U) with U = 0 at init
+    u = (w1 - z) * 0.5 / 1.0  # U + W - Z, rescaled by rho_old / rho_new
     np.testing.assert_allclose(np.asarray(s2.z["a/kernel"]), z, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(np.asarray(s2.u["a/kernel"]), u, rtol=1e-5, atol=1e-6)
     assert float(s2.rho) == 1.0

@@ -239,9 +239,8 @@ def admm(
         count = core.safe_increment(state.count)
 
         def dual_step(state):
-            u = {p: state.u[p] + w[p] - state.z[p] for p in state.z}
-            z = {p: _projected(w[p] + u[p], state.budget.k(p), state.budget.width(p)) for p in state.z}
-            u = {p: u[p] + w[p] - z[p] for p in state.z}  # the Z-step, then the dual step on the new Z
+            z = {p: _projected(w[p] + state.u[p], state.budget.k(p), state.budget.width(p)) for p in state.z}
+            u = {p: state.u[p] + w[p] - z[p] for p in state.z}
             new_rho = state.rho * rho_growth
             u = {p: u[p] * (state.rho / new_rho) for p in state.z}  # rho * U unchanged
             return state._replace(rho=new_rho, z=z, u=u)
