@@ -7,7 +7,9 @@ projections (:func:`project`), then :func:`hard_projection` hands the result to
 et al. 2020) learns each layer's precision and its pruned channels as
 hard-concrete gates on nested quantization residuals, penalized by
 :func:`relative_bops` (with :func:`count_macs`); :func:`finalize` turns the
-gates into an exportable recipe. Phases: :func:`delayed` starts a quantizer
+gates into an exportable recipe. :func:`clip_q` (Tung & Mori 2018) clips and
+partitions each layer in parallel with fine-tuning; :func:`clip_q_search`
+chooses each layer's (prune fraction, bits) under a size target. Phases: :func:`delayed` starts a quantizer
 mid-run (calibrated on the weights then), :func:`frozen_masks` carries a
 pruning run's masks into a new one.
 """
@@ -30,6 +32,8 @@ from jaxcompress._src.joint.bayesian_bits import (
     gate_probabilities,
     relative_bops,
 )
+from jaxcompress._src.joint.clipq import ClipQState, clip_q, clip_q_quantize
+from jaxcompress._src.joint.clipq_search import ClipQSearchRecord, clip_q_bytes, clip_q_search
 from jaxcompress._src.joint.phases import (
     DelayedQuantizer,
     DelayedState,
@@ -41,6 +45,8 @@ from jaxcompress._src.joint.phases import (
 __all__ = [
     "ADMMState",
     "BayesianBitsState",
+    "ClipQSearchRecord",
+    "ClipQState",
     "DelayedQuantizer",
     "DelayedState",
     "FixedGridState",
@@ -49,6 +55,10 @@ __all__ = [
     "admm",
     "admm_penalty",
     "bayesian_bits",
+    "clip_q",
+    "clip_q_bytes",
+    "clip_q_quantize",
+    "clip_q_search",
     "count_macs",
     "delayed",
     "finalize",
