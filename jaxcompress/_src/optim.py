@@ -55,7 +55,11 @@ def with_compression(
 
     Wrapped in ``optax.MultiSteps(tx, k)``, the recipe advances once per
     *emitted* step: its schedules count optimizer steps, not micro-batches
-    (50 micro-steps with ``k=2`` reach the sparsity of step 25).
+    (50 micro-steps with ``k=2`` reach the sparsity of step 25). It also
+    zeroes the params outside a mask only at emitted steps, so a mask that
+    starts sparse (SET, RigL) reaches the params at the first one; wrap
+    ``MultiSteps`` inside (``with_compression(optax.MultiSteps(...), recipe)``)
+    to have them zero from the first micro-step.
 
     Args:
       inner: any optax gradient transformation (``optax.adamw(...)``,

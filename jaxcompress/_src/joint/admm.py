@@ -42,6 +42,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from jaxcompress._src import core, validate
@@ -359,6 +360,8 @@ def fixed_grid(keep: Mapping[str, Any], step: Mapping[str, Any], bits: Mapping[s
             f"{sorted(step)} and {sorted(bits)}."
         )
     widths = {p: check_bits(b, argument=f"bits[{p!r}]") for p, b in bits.items()}
+    kept = tuple((p, int(np.count_nonzero(np.asarray(keep[p])))) for p in sorted(keep))
+    budget = LayerBudget(kept, tuple(sorted(widths.items())))  # static, so init also runs under jit
 
     def init(params: Any) -> FixedGridState:
         flat, _ = paths_lib.flatten(params)
@@ -374,8 +377,7 @@ def fixed_grid(keep: Mapping[str, Any], step: Mapping[str, Any], bits: Mapping[s
                 raise ValueError(f"`step[{p!r}]` must be one positive number, got {step[p]!r}.")
             masks[p] = packed.pack(jnp.asarray(mask, bool))
             steps[p] = jnp.reshape(s, (1,) * len(shape))
-        kept = tuple((p, int(jnp.sum(jnp.asarray(keep[p], bool)))) for p in sorted(keep))
-        return FixedGridState(core.Masks(masks), steps, LayerBudget(kept, tuple(sorted(widths.items()))))
+        return FixedGridState(core.Masks(masks), steps, budget)
 
     def update(params: Any, state: FixedGridState, grads: Any = None, **extra_args) -> FixedGridState:
         del params, grads, extra_args
