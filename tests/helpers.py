@@ -86,3 +86,17 @@ def soft_masks(state) -> dict:
     so ``jc.masks_of`` (the enforced masks) leaves them out."""
     is_soft = lambda x: isinstance(x, jc.prune.SoftMasks)
     return {p: m for n in jax.tree.leaves(state, is_leaf=is_soft) if is_soft(n) for p, m in n.keep.items()}
+
+
+def run_update(update, params, state, steps: int):
+    """``steps`` jitted calls of ``update(params, state)``: ``(final state, number of traces)``."""
+    traces = []
+
+    def counted(p, s):
+        traces.append(1)
+        return update(p, s)
+
+    step = jax.jit(counted)
+    for _ in range(steps):
+        state = step(params, state)
+    return state, len(traces)

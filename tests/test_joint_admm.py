@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from helpers import standard_promotion
+from helpers import run_update, standard_promotion
 
 import jaxcompress as jc
 from jaxcompress._src.joint import admm as admm_lib
@@ -186,17 +186,8 @@ def test_hard_projection_exports_to_the_integer_program_it_trained():
 def test_update_traces_once():
     params = {"w": jnp.ones((4, 4))}
     method = jc.joint.admm(0.5, 2, every=3)
-    traces = []
-
-    def counted(p, s):
-        traces.append(1)
-        return method.update(p, s)
-
-    step = jax.jit(counted)
-    s = method.init(params)
-    for _ in range(7):
-        s = step(params, s)
-    assert len(traces) == 1 and int(s.count) == 7
+    s, traces = run_update(method.update, params, method.init(params), 7)
+    assert traces == 1 and int(s.count) == 7
 
 
 def test_bad_arguments_are_clear_errors():

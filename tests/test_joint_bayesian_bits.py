@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from helpers import ConvDenseNet, standard_promotion
+from helpers import ConvDenseNet, run_update, standard_promotion
 
 import jaxcompress as jc
 from jaxcompress._src.joint import bayesian_bits as bb
@@ -137,18 +137,9 @@ def test_the_penalty_turns_gates_off_and_finalize_exports_what_the_gates_chose()
 def test_update_traces_once_and_advances_the_key():
     params = {"w": jnp.ones((4, 4))}
     method = jc.joint.bayesian_bits()
-    traces = []
-
-    def counted(p, s):
-        traces.append(1)
-        return method.update(p, s)
-
-    step = jax.jit(counted)
     s0 = method.init(params)
-    s = s0
-    for _ in range(5):
-        s = step(params, s)
-    assert len(traces) == 1 and int(s.count) == 5
+    s, traces = run_update(method.update, params, s0, 5)
+    assert traces == 1 and int(s.count) == 5
     assert not np.array_equal(np.asarray(s.key), np.asarray(s0.key))
 
 
