@@ -61,9 +61,6 @@ METHODS = {
     "admm": lambda: jc.joint.admm(0.5, 3, every=2, rho_growth=1.5),
     "bayesian-bits": lambda: jc.joint.bayesian_bits(),
     "clip-q": lambda: jc.joint.clip_q((0.5, 3)),
-    "delayed-lsq-after-pruning": lambda: jc.chain(
-        jc.prune.magnitude(jc.schedules.polynomial(0.0, 0.6, begin=0, end=2)), jc.joint.delayed(jc.quant.lsq(4), 2)
-    ),
     "readme-std-threshold": lambda: README_METHODS["readme-std-threshold"](0.8, at=2),
     "readme-ternary": lambda: README_METHODS["readme-ternary"](),
     "readme-chain": lambda: jc.chain(README_METHODS["readme-std-threshold"](1.0), README_METHODS["readme-ternary"]()),

@@ -7,7 +7,7 @@ pytestmark = pytest.mark.standard_promotion  # user-level code calling optax.ada
 
 
 def test_phases():
-    out = load("phases").main(["--steps", "40", "--sparsity", "0.5"])
+    out = load("phases").main(["--steps", "24", "--sparsity", "0.5"])
     assert set(out) == {"float", "simultaneous", "prune_then_qat", "qat_mid_run", "frozen_masks"}
     for name, r in out.items():
         if name == "float":
