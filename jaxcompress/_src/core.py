@@ -147,7 +147,8 @@ def checking_state(kind: type, method: str, *fns: Callable) -> tuple[Callable, .
     return tuple(checked(fn) for fn in fns)
 
 
-def _nodes(state: State, kind: type) -> list:
+def nodes_of(state: State, kind: type) -> list:
+    """Every node of type ``kind`` in ``state`` (a chain's included), in tree order."""
     is_node = lambda x: isinstance(x, kind)
     return [n for n in jax.tree.leaves(state, is_leaf=is_node) if is_node(n)]
 
@@ -155,7 +156,7 @@ def _nodes(state: State, kind: type) -> list:
 def masks_of(state: State) -> dict[str, PackedMask]:
     """The hard masks of a (chained) state: every :class:`Masks` node AND-ed, by path (``{}`` if none)."""
     merged: dict[str, PackedMask] = {}
-    for node in _nodes(state, Masks):
+    for node in nodes_of(state, Masks):
         for path, mask in node.keep.items():
             merged[path] = merged[path] & mask if path in merged else mask
     return merged
@@ -163,7 +164,7 @@ def masks_of(state: State) -> dict[str, PackedMask]:
 
 def learned_params(state: State) -> tuple[Learned, ...]:
     """Every :class:`Learned` node of ``state``, in tree order (``()`` if none)."""
-    return tuple(_nodes(state, Learned))
+    return tuple(nodes_of(state, Learned))
 
 
 def replace_learned(state: State, learned: tuple[Learned, ...]) -> State:

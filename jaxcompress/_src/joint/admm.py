@@ -225,7 +225,9 @@ def admm(
     def init(params: Any) -> ADMMState:
         flat, selected = validate.selected_weights(selector, params)
         fractions = distributions.resolve_overrides(overrides, selected, flat)
-        widths = _resolve_bits(bits_overrides, selected, flat)
+        widths = distributions.resolve_overrides(
+            bits_overrides, selected, flat, argument="bits_overrides", value="bits", leaves="leaves", check=check_bits
+        )
         budget = LayerBudget(
             tuple((p, round((1.0 - fractions.get(p, sparsity)) * jnp.size(flat[p]))) for p in selected),
             tuple((p, widths.get(p, bits)) for p in selected),
@@ -268,6 +270,7 @@ def _positive(value: Any, argument: str) -> float:
 
 
 def _check_bits_overrides(bits_overrides: Any) -> None:
+    """Checked when the method is built (the rules are matched at init, by ``resolve_overrides``)."""
     if bits_overrides is not None and not isinstance(bits_overrides, Mapping):
         raise TypeError(
             f"`bits_overrides` must be a mapping {{rule: bits}}, got {type(bits_overrides).__name__}: "
@@ -275,20 +278,6 @@ def _check_bits_overrides(bits_overrides: Any) -> None:
         )
     for rule, value in (bits_overrides or {}).items():
         check_bits(value, argument=f"bits_overrides[{rule!r}]")
-
-
-def _resolve_bits(bits_overrides, selected: list[str], flat: Mapping[str, Any]) -> dict[str, int]:
-    found: dict[str, int] = {}
-    for rule, value in (bits_overrides or {}).items():
-        selector = paths_lib.as_selector(rule)
-        hits = [p for p in selected if selector(p, flat[p])]
-        if not hits:
-            raise ValueError(f"`bits_overrides` rule {selector.description} matches none of the leaves {selected}.")
-        for p in hits:
-            if p in found:
-                raise ValueError(f"Leaf {p!r} is matched by more than one `bits_overrides` rule; make them disjoint.")
-            found[p] = value
-    return found
 
 
 def _leaves(params: Any, state: ADMMState) -> dict[str, jax.Array]:
@@ -311,8 +300,7 @@ def admm_penalty(params: Any, state: Any) -> jax.Array:
       >>> round(float(jc.joint.admm_penalty(params, state)), 4)  # rho / 2 * ||W - Z||^2, Z = (0, -0.95, 0, 0.95)
       0.2175
     """
-    is_node = lambda x: isinstance(x, ADMMState)
-    nodes = [n for n in jax.tree.leaves(state, is_leaf=is_node) if is_node(n)]
+    nodes = core.nodes_of(state, ADMMState)
     if not nodes:
         raise ValueError(
             f"`state` holds no jc.joint.admm state (got {type(state).__name__}): pass the compression state of a "
@@ -414,8 +402,7 @@ def hard_projection(params: Any, state: Any) -> tuple[Any, core.Quantizer]:
     Returns:
       ``(params, quantizer)``.
     """
-    is_node = lambda x: isinstance(x, ADMMState)
-    nodes = [n for n in jax.tree.leaves(state, is_leaf=is_node) if is_node(n)]
+    nodes = core.nodes_of(state, ADMMState)
     if len(nodes) != 1:
         raise ValueError(f"`state` must hold exactly one jc.joint.admm state, found {len(nodes)}.")
     node = nodes[0]

@@ -34,7 +34,6 @@ References:
 from __future__ import annotations
 
 import math
-import zlib
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
@@ -46,6 +45,7 @@ from jaxcompress._src import core, validate
 from jaxcompress._src import paths as paths_lib
 from jaxcompress._src.joint.admm import fixed_grid
 from jaxcompress._src.quant.ste import clip_ste, round_ste
+from jaxcompress._src.quant.uniform import advance_key, leaf_key
 
 __all__ = [
     "BITS",
@@ -156,16 +156,14 @@ def bayesian_bits(
     def update(params: Any, state: BayesianBitsState, grads: Any = None, **extra_args) -> BayesianBitsState:
         del grads, extra_args
         _leaves(params, state)
-        key = jax.random.key_data(jax.random.split(jax.random.wrap_key_data(state.key))[1])
-        return state._replace(count=core.safe_increment(state.count), key=key)
+        return state._replace(count=core.safe_increment(state.count), key=advance_key(state.key))
 
     def apply(params: Any, state: BayesianBitsState) -> Any:
         leaves = _leaves(params, state)
 
         def sampled(p, w):
             gates = state.learned.values[p]
-            key = jax.random.fold_in(jax.random.wrap_key_data(state.key), zlib.crc32(p.encode()) & 0x7FFFFFFF)
-            k_prune, k_bits = jax.random.split(key)
+            k_prune, k_bits = jax.random.split(leaf_key(state.key, p))
             prune, bits = _sample(gates["prune"], k_prune), _sample(gates["bits"], k_bits)
             return gated(jnp.asarray(w, jnp.float32), state.alpha[p], prune, bits).astype(jnp.result_type(w))
 
@@ -188,8 +186,7 @@ def _leaves(params: Any, state: BayesianBitsState) -> dict[str, Any]:
 
 
 def _node(state: Any) -> BayesianBitsState:
-    is_node = lambda x: isinstance(x, BayesianBitsState)
-    nodes = [n for n in jax.tree.leaves(state, is_leaf=is_node) if is_node(n)]
+    nodes = core.nodes_of(state, BayesianBitsState)
     if len(nodes) != 1:
         raise ValueError(
             f"`state` must hold exactly one jc.joint.bayesian_bits state, found {len(nodes)} (in a "

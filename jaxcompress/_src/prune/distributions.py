@@ -21,7 +21,7 @@ References:
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -75,25 +75,33 @@ def erk(shapes: Sequence[tuple[int, ...]], sparsity: jax.typing.ArrayLike) -> li
     return [jnp.clip(1.0 - density[i], 0.0, 1.0) for i in range(len(shapes))]
 
 
-def resolve_overrides(overrides: Overrides, paths: Sequence[str], flat: Mapping[str, Any]) -> dict[str, float]:
-    """``{path: sparsity}`` for the selected leaves matched by an override rule."""
+def resolve_overrides(
+    overrides: Overrides,
+    paths: Sequence[str],
+    flat: Mapping[str, Any],
+    *,
+    argument: str = "overrides",
+    value: str = "sparsity",
+    leaves: str = "pruned leaves",
+    check: Callable[..., Any] = validate.check_fraction,
+) -> dict[str, Any]:
+    """``{path: value}`` for the selected leaves matched by an override rule (``check(value, argument=...)``
+    validates each value; defaults: sparsities)."""
     if overrides is None:
         return {}
     if not isinstance(overrides, Mapping):
-        raise TypeError(f"`overrides` must be a mapping {{rule: sparsity}}, got {type(overrides).__name__}.")
-    found: dict[str, float] = {}
-    for rule, value in overrides.items():
-        value = validate.check_fraction(value, argument=f"overrides[{rule!r}]")
+        raise TypeError(f"`{argument}` must be a mapping {{rule: {value}}}, got {type(overrides).__name__}.")
+    found: dict[str, Any] = {}
+    for rule, given in overrides.items():
+        given = check(given, argument=f"{argument}[{rule!r}]")
         selector = paths_lib.as_selector(rule)
         hits = [p for p in paths if selector(p, flat[p])]
         if not hits:
-            raise ValueError(
-                f"`overrides` rule {selector.description} matches none of the pruned leaves {list(paths)}."
-            )
+            raise ValueError(f"`{argument}` rule {selector.description} matches none of the {leaves} {list(paths)}.")
         for p in hits:
             if p in found:
-                raise ValueError(f"Leaf {p!r} is matched by more than one `overrides` rule; make the rules disjoint.")
-            found[p] = value
+                raise ValueError(f"Leaf {p!r} is matched by more than one `{argument}` rule; make the rules disjoint.")
+            found[p] = given
     return found
 
 
