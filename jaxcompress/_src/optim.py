@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxcompress._src import core
+from jaxcompress._src import core, sharding
 from jaxcompress._src import paths as paths_lib
 from jaxcompress._src.masks import PackedMask
 
@@ -61,6 +61,11 @@ def with_compression(
     ``MultiSteps`` inside (``with_compression(optax.MultiSteps(...), recipe)``)
     to have them zero from the first micro-step.
 
+    On params sharded over a mesh, ``init`` places every state leaf like the
+    param it belongs to (:func:`jaxcompress.train.state_shardings`); under
+    ``jit`` traced params carry no sharding, so build the state with
+    :func:`jaxcompress.train.init_sharded` instead.
+
     Args:
       inner: any optax gradient transformation (``optax.adamw(...)``,
         ``optax.inject_hyperparams(optax.sgd)(...)``, ``optax.chain(...)``).
@@ -91,7 +96,8 @@ def with_compression(
     def init(params: Any) -> WithCompressionState:
         cstate = recipe.init(params)
         learned = core.learned_params(cstate)
-        return WithCompressionState(inner.init(params), cstate, learned_tx.init(learned) if learned else ())
+        state = WithCompressionState(inner.init(params), cstate, learned_tx.init(learned) if learned else ())
+        return sharding.place_like(state, params)  # every leaf like its param on a mesh (a no-op on one device)
 
     def update(updates: Any, state: WithCompressionState, params: Any = None, *, learned_grads=None, **extra_args):
         if params is None:

@@ -20,7 +20,14 @@ def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
     return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels))
 
 
-def make_train_step(apply_fn: ApplyFn, tx: optax.GradientTransformation, recipe: core.Recipe | None = None):
+def make_train_step(
+    apply_fn: ApplyFn,
+    tx: optax.GradientTransformation,
+    recipe: core.Recipe | None = None,
+    *,
+    axis_name: str | None = None,
+    out_shardings: Any = None,
+):
     """A jitted ``step(params, opt_state, x, y) -> (params, opt_state, loss)``.
 
     With a ``recipe``, ``tx`` must come from :func:`jaxcompress.optim.with_compression`;
@@ -30,19 +37,30 @@ def make_train_step(apply_fn: ApplyFn, tx: optax.GradientTransformation, recipe:
     ``activation_stats``), and the recipe's learned parameters (LSQ, PACT,
     codebooks) are trained through ``learned_grads``. ``apply_fn`` must be a
     Flax linen ``apply`` for activation quantization to reach its layers.
+
+    Sharded ``jit`` (params, state and batch placed over a ``Mesh``) needs
+    nothing more: the batch means, activation ranges and global thresholds
+    reduce across devices inside the program. Pass ``out_shardings=(params'
+    shardings, opt_state's shardings, None)`` (see
+    :func:`jaxcompress.train.state_shardings`) to keep every leaf where it is.
+
+    Under ``jax.pmap(step, axis_name=...)`` pass the same ``axis_name``: the
+    gradients, learned-parameter gradients and loss are averaged over it and
+    activation ranges are the union over the replicas (``pmin`` / ``pmax``),
+    so every replica takes the same step, the one a single device takes on
+    the global batch.
     """
     if recipe is None:
 
         def plain_loss(params, x, y):
             return cross_entropy(apply_fn(params, x), y)
 
-        @jax.jit
         def plain_step(params, opt_state, x, y):
-            loss, grads = jax.value_and_grad(plain_loss)(params, x, y)
+            loss, grads = _mean_over(axis_name, jax.value_and_grad(plain_loss)(params, x, y))
             updates, opt_state = tx.update(grads, opt_state, params)
             return optax.apply_updates(params, updates), opt_state, loss
 
-        return plain_step
+        return jax.jit(plain_step, out_shardings=out_shardings)
 
     core.check_recipe(recipe)
     from jaxcompress._src.quant import activations, hooks
@@ -51,19 +69,23 @@ def make_train_step(apply_fn: ApplyFn, tx: optax.GradientTransformation, recipe:
         compressed = recipe.apply(params, cstate)
         if not activations.find_states(cstate):
             return cross_entropy(apply_fn(compressed, x), y), {}
-        with hooks.quantize_activations(cstate) as observed:
+        with hooks.quantize_activations(cstate, axis_name=axis_name) as observed:
             logits = apply_fn(compressed, x)
         return cross_entropy(logits, y), observed.ranges
 
-    @jax.jit
     def step(params, opt_state, x, y):
         cstate = optim.compression_state(opt_state)
         (loss, ranges), grads, learned_grads = optim.value_and_grad(loss_fn, has_aux=True)(params, cstate, x, y)
+        loss, grads, learned_grads = _mean_over(axis_name, (loss, grads, learned_grads))
         extra = {"activation_stats": ranges} if ranges else {}
         updates, opt_state = tx.update(grads, opt_state, params, learned_grads=learned_grads, **extra)
         return optax.apply_updates(params, updates), opt_state, loss
 
-    return step
+    return jax.jit(step, out_shardings=out_shardings)
+
+
+def _mean_over(axis_name: str | None, tree: Any) -> Any:
+    return tree if axis_name is None else jax.lax.pmean(tree, axis_name)
 
 
 def accuracy(apply_fn: ApplyFn, params: Any, x: np.ndarray, y: np.ndarray, *, batch_size: int = 1000) -> float:

@@ -341,8 +341,12 @@ def observed_range(x32: jax.Array, config: ActivationConfig) -> Range:
     return batch_range(x32, signed=config.signed, symmetric=config.symmetric)
 
 
-def quantize_site(x: jax.Array, site: Site) -> tuple[jax.Array, Range | None]:
-    """Fake-quantizes ``x`` at ``site``; returns ``(x_hat in x.dtype, batch range or None)``."""
+def quantize_site(x: jax.Array, site: Site, axis_name: str | None = None) -> tuple[jax.Array, Range | None]:
+    """Fake-quantizes ``x`` at ``site``; returns ``(x_hat in x.dtype, batch range or None)``.
+
+    With ``axis_name`` (inside ``jax.pmap``) the batch range is the union over
+    that axis: every replica quantizes as one device would on the global batch.
+    """
     config = site.config
     x32 = x.astype(jnp.float32)
     if config.mode == "lsq":
@@ -351,6 +355,8 @@ def quantize_site(x: jax.Array, site: Site) -> tuple[jax.Array, Range | None]:
     if config.mode == "pact":
         return pact.pact_fake_quant(x, site.learned, config.bits), None
     observed = observed_range(x32, config)
+    if axis_name is not None:
+        observed = Range(lax.pmin(observed.lo, axis_name), lax.pmax(observed.hi, axis_name))
     if config.mode == "dynamic":
         r = observed
     else:

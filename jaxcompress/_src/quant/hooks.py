@@ -90,7 +90,7 @@ def intercept_layers(modules: set[str], outputs: set[str], site_fn: SiteFn) -> I
 
 
 @contextlib.contextmanager
-def quantize_activations(cstate: Any) -> Iterator[Observed]:
+def quantize_activations(cstate: Any, *, axis_name: str | None = None) -> Iterator[Observed]:
     """Fake-quantizes activations of a linen model's selected layers while the context is open.
 
     Args:
@@ -99,6 +99,10 @@ def quantize_activations(cstate: Any) -> Iterator[Observed]:
         ``jc.optim.compression_state(opt_state)``, or the state passed to a
         loss by :func:`jaxcompress.optim.value_and_grad`, so that LSQ/PACT
         parameters get gradients).
+      axis_name: inside ``jax.pmap``, the mapped axis: batch ranges (and so the
+        observed ranges) are the union over the replicas, so each replica
+        quantizes as one device would on the global batch. Sharded ``jit``
+        needs none: there a batch range is already the global batch's.
 
     Yields:
       An :class:`Observed` record (see the module docstring).
@@ -111,7 +115,7 @@ def quantize_activations(cstate: Any) -> Iterator[Observed]:
     observed = Observed()
 
     def site_fn(module: str, kind: str, x: Any) -> Any:
-        xq, r = activation.quantize_site(x, sites[(module, kind)])
+        xq, r = activation.quantize_site(x, sites[(module, kind)], axis_name)
         observed.record(module, kind, r)
         return xq
 

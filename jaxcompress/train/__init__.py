@@ -1,0 +1,16 @@
+"""Training: jitted classifier steps and a fit loop; sharding, checkpoints and multi-host runs."""
+
+from jaxcompress._src.sharding import fsdp_shardings, init_sharded, param_shardings, place_like, state_shardings
+from jaxcompress._src.train import accuracy, cross_entropy, fit, make_train_step
+
+__all__ = [
+    "accuracy",
+    "cross_entropy",
+    "fit",
+    "fsdp_shardings",
+    "init_sharded",
+    "make_train_step",
+    "param_shardings",
+    "place_like",
+    "state_shardings",
+]
