@@ -100,3 +100,30 @@ def run_update(update, params, state, steps: int):
     for _ in range(steps):
         state = step(params, state)
     return state, len(traces)
+
+
+TRAIN_SHARDED = pathlib.Path(__file__).resolve().parents[1] / "tpu_scripts" / "train_sharded.py"
+TINY_RUN = ["--hidden", "32,16", "--batch-size", "16", "--sparsity", "0.9"]
+
+
+def train_sharded_env(devices: int) -> dict[str, str]:
+    """The environment for a ``tpu_scripts/train_sharded.py`` subprocess with ``devices`` CPU devices.
+
+    It inherits the suite's XLA flags (cheap compilation) and shares its compilation cache.
+    """
+    flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if "device_count" not in f]
+    cache = os.environ.get("JAXCOMPRESS_TEST_COMPILATION_CACHE", "")
+    return os.environ | {
+        "XLA_FLAGS": " ".join([*flags, f"--xla_force_host_platform_device_count={devices}"]),
+        "JAX_PLATFORMS": "cpu",
+        "PYTHONUNBUFFERED": "1",
+        **({"JAX_COMPILATION_CACHE_DIR": cache, "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"} if cache else {}),
+    }
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
