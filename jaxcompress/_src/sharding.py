@@ -23,8 +23,9 @@ valid for its leaf. Jaxpruner asks its users to write these shardings by hand.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import numpy as np
@@ -32,7 +33,48 @@ from jax.sharding import NamedSharding, PartitionSpec, Sharding
 
 from jaxcompress._src import paths as paths_lib
 
-__all__ = ["fsdp_shardings", "init_sharded", "param_shardings", "place_like", "state_shardings"]
+__all__ = [
+    "Collective",
+    "collectives",
+    "fsdp_shardings",
+    "init_sharded",
+    "param_shardings",
+    "place_like",
+    "state_shardings",
+]
+
+
+class Collective(NamedTuple):
+    """One cross-device collective of a compiled program (see :func:`collectives`)."""
+
+    kind: str  # all-reduce, all-gather, all-to-all, collective-permute or reduce-scatter
+    elements: int  # elements of its result (over all of its outputs)
+    bytes: int  # bytes of its result
+
+
+_COLLECTIVE = re.compile(r"= (.+?) (all-gather|all-reduce|all-to-all|collective-permute|reduce-scatter)(?:-start)?\(")
+_ARRAY = re.compile(r"\b(pred|[suf][0-9]+|bf16)\[([0-9,]*)\]")
+_BITS = {"pred": 8, "bf16": 16}
+
+
+def collectives(compiled: Any) -> list[Collective]:
+    """Every cross-device collective of a compiled program, read from its HLO.
+
+    ``compiled`` is ``jax.jit(f).lower(*args).compile()`` or its ``as_text()``.
+    What a sharded step communicates, per call: the sum of ``bytes``. A check
+    that global decisions (thresholds, calibration ranges) never gather a
+    leaf: every collective holds a handful of elements.
+    """
+    text = compiled if isinstance(compiled, str) else compiled.as_text()
+    found = []
+    for shapes, kind in _COLLECTIVE.findall(text):
+        elements = size = 0
+        for dtype, dims in _ARRAY.findall(shapes):
+            n = math.prod(int(d) for d in dims.split(",") if d)
+            elements += n
+            size += n * _BITS.get(dtype, int(dtype[1:]) if dtype[1:].isdigit() else 32) // 8
+        found.append(Collective(kind, elements, size))
+    return found
 
 
 def param_shardings(params: Any) -> Any:
@@ -118,7 +160,8 @@ def place_like(state: Any, params: Any) -> Any:
     Traced params carry no sharding to derive from: under ``jit`` ``state`` is
     returned unchanged (build a state in place with :func:`init_sharded`, or pass
     :func:`state_shardings` as ``out_shardings``). Params on one device, or
-    host values, leave ``state`` unchanged too.
+    host values, leave ``state`` unchanged too; params spanning several
+    processes are a ``ValueError`` (use :func:`init_sharded` there).
     """
     leaves = jax.tree.leaves(params)
     if not leaves:
@@ -127,6 +170,11 @@ def place_like(state: Any, params: Any) -> Any:
         return state
     if not all(isinstance(x, jax.Array) for x in leaves) or all(len(x.sharding.device_set) == 1 for x in leaves):
         return state  # host values or one device: nothing to place
+    if not all(x.is_fully_addressable for x in leaves):
+        raise ValueError(
+            "The params span several processes: a state built eagerly here would hold leaves on this process's "
+            "devices only. Build it in place with jc.train.init_sharded(tx.init, params)."
+        )
     return jax.device_put(state, state_shardings(state, params))
 
 
