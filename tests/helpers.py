@@ -127,3 +127,9 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("localhost", 0))
         return s.getsockname()[1]
+
+
+def collectives(compiled_text: str) -> list[tuple[str, int, str]]:
+    """(kind, number of elements, dtype) of every cross-device collective in compiled HLO (each operand of a
+    tuple-shaped one counted apart)."""
+    return [(c.kind, c.elements, c.dtype) for c in jc.train.collectives(compiled_text)]

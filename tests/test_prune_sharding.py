@@ -1,11 +1,10 @@
 """A global threshold on a model sharded over 8 devices: same masks, scalar all-reduces only."""
 
-import re
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import collectives
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -17,17 +16,6 @@ def mesh():
     if jax.device_count() < 8:
         pytest.skip("needs the 8 simulated CPU devices of conftest.py")
     return Mesh(np.array(jax.devices()[:8]).reshape(4, 2), ("data", "model"))
-
-
-def collectives(compiled_text: str) -> list[tuple[str, int, str]]:
-    """(kind, number of elements, dtype) of every cross-device collective in compiled HLO."""
-    found = []
-    pattern = r"= (.+?) (all-gather|all-reduce|all-to-all|collective-permute|reduce-scatter)"
-    for shapes, kind in re.findall(pattern, compiled_text):
-        for dtype, dims in re.findall(r"([a-z]+[0-9]*)\[([0-9,]*)\]", shapes):
-            size = int(np.prod([int(d) for d in dims.split(",") if d]))
-            found.append((kind, size, dtype))
-    return found
 
 
 def make_params():

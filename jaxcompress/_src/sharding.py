@@ -45,20 +45,20 @@ __all__ = [
 
 
 class Collective(NamedTuple):
-    """One cross-device collective of a compiled program (see :func:`collectives`)."""
+    """One operand of a cross-device collective of a compiled program (see :func:`collectives`)."""
 
     kind: str  # all-reduce, all-gather, all-to-all, collective-permute or reduce-scatter
-    elements: int  # elements of its result (over all of its outputs)
-    bytes: int  # bytes of its result
+    dtype: str  # HLO element type: f32, s32, u8, pred, ...
+    elements: int  # elements of this result operand
+    bytes: int
 
 
 _COLLECTIVE = re.compile(r"= (.+?) (all-gather|all-reduce|all-to-all|collective-permute|reduce-scatter)(?:-start)?\(")
 _ARRAY = re.compile(r"\b(pred|[suf][0-9]+|bf16)\[([0-9,]*)\]")
-_BITS = {"pred": 8, "bf16": 16}
 
 
 def collectives(compiled: Any) -> list[Collective]:
-    """Every cross-device collective of a compiled program, read from its HLO.
+    """Every cross-device collective of a compiled program, one entry per result operand, read from its HLO.
 
     ``compiled`` is ``jax.jit(f).lower(*args).compile()`` or its ``as_text()``.
     What a sharded step communicates, per call: the sum of ``bytes``. A check
@@ -68,12 +68,10 @@ def collectives(compiled: Any) -> list[Collective]:
     text = compiled if isinstance(compiled, str) else compiled.as_text()
     found = []
     for shapes, kind in _COLLECTIVE.findall(text):
-        elements = size = 0
         for dtype, dims in _ARRAY.findall(shapes):
             n = math.prod(int(d) for d in dims.split(",") if d)
-            elements += n
-            size += n * _BITS.get(dtype, int(dtype[1:]) if dtype[1:].isdigit() else 32) // 8
-        found.append(Collective(kind, elements, size))
+            bits = 8 if dtype == "pred" else 16 if dtype == "bf16" else int(dtype[1:])
+            found.append(Collective(kind, dtype, n, n * bits // 8))
     return found
 
 
@@ -155,7 +153,7 @@ def state_shardings(state: Any, params: Any) -> Any:
 
 
 def place_like(state: Any, params: Any) -> Any:
-    """``state`` placed with :func:`state_shardings` (``jax.device_put``; a sharding constraint under ``jit``).
+    """``state`` placed with :func:`state_shardings` by ``jax.device_put``, where the params are sharded.
 
     Traced params carry no sharding to derive from: under ``jit`` ``state`` is
     returned unchanged (build a state in place with :func:`init_sharded`, or pass

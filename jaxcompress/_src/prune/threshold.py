@@ -30,6 +30,10 @@ bytes it reads, so recomputing costs less than writing and reading stored keys.
 Every pass reduces each array to a few scalars (and the sample to two sums),
 so on a sharded model the only cross-device traffic is a handful of scalar
 all-reduces per pass: no array is gathered, reshaped across shards or scanned.
+
+:func:`kth_values` turns the search into float order statistics (the
+``k``-th and ``(k+1)``-th smallest score, for percentiles): one more pass
+reads the neighbours of the key found, so it too communicates only scalars.
 """
 
 from __future__ import annotations
@@ -37,13 +41,23 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-__all__ = ["keep_largest", "kth_key", "kth_keys", "sample_pivots", "select", "sortable_keys"]
+__all__ = [
+    "KthValues",
+    "keep_largest",
+    "kth_key",
+    "kth_keys",
+    "kth_values",
+    "sample_pivots",
+    "select",
+    "sortable_keys",
+]
 
 _KEY_MAX = np.uint32(0xFFFFFFFF)
 _PIVOTS = 6  # pivots per pass: 8 outputs per reduction (more outputs make XLA:CPU's reduction slower)
@@ -330,6 +344,86 @@ def kth_key(keys: Sequence[jax.Array], k: jax.typing.ArrayLike) -> tuple[jax.Arr
     """
     t, n_lt, n_le, passes = kth_keys([keys], jnp.reshape(jnp.asarray(k, jnp.int32), (1,)))
     return t[0], n_lt[0], n_le[0], passes
+
+
+class KthValues(NamedTuple):
+    """Two adjacent order statistics of some scores (float32 scalars), from :func:`kth_values`."""
+
+    kth: jax.Array  # the k-th smallest score
+    next: jax.Array  # the (k+1)-th smallest (the k-th when k is the number of scores)
+    any_nan: jax.Array  # bool: some score is NaN (the keys order NaNs by sign bit, below -inf or above inf)
+
+
+def _max_min_any(a: tuple[jax.Array, ...], b: tuple[jax.Array, ...]) -> tuple[jax.Array, ...]:
+    return jnp.maximum(a[0], b[0]), jnp.minimum(a[1], b[1]), jnp.maximum(a[2], b[2])
+
+
+def _neighbours(
+    arrays: Sequence[jax.Array], score: Callable[[jax.Array], jax.Array], t: jax.Array, start: jax.Array
+) -> tuple[jax.Array, ...]:
+    """One pass: ``(max{key < t}, min{key >= start}, any score NaN)`` over all arrays (0 / ``_KEY_MAX`` if none).
+
+    One variadic reduction per array, so a sharded array exchanges three scalars per device.
+    """
+    inits = (jnp.uint32(0), _KEY_MAX, jnp.int32(0))
+    found = inits
+    # (Behind a barrier, so XLA does not merge these keys with the search's and store them.)
+    for x in lax.optimization_barrier(list(arrays)):
+        scores = score(x)
+        keys = sortable_keys(scores)
+        operands = (
+            jnp.where(keys < t, keys, jnp.uint32(0)),
+            jnp.where(keys >= start, keys, _KEY_MAX),
+            jnp.isnan(scores).astype(jnp.int32),
+        )
+        found = _max_min_any(found, lax.reduce(operands, inits, _max_min_any, tuple(range(x.ndim))))
+    return found
+
+
+def kth_values(
+    arrays: Sequence[jax.Array], k: jax.typing.ArrayLike, *, score: Callable[[jax.Array], jax.Array] | None = None
+) -> KthValues:
+    """The ``k``-th and ``(k+1)``-th smallest scores (``k`` 1-based) over all entries of ``arrays``, sort-free.
+
+    The ``k``-th key comes from :func:`kth_keys` (first pivots from
+    :func:`sample_pivots`); one more pass finds the keys next to it (after a
+    cut, the largest key below the cut is the ``k``-th). Order and values are
+    those of :func:`sortable_keys`: ``-0.0`` comes back as ``0.0``, and NaNs
+    are flagged in ``any_nan`` for the caller to propagate. On sharded arrays
+    every pass exchanges a few scalars per device, nothing more.
+
+    Args:
+      arrays: float arrays (any shapes, any float dtype): the scores, or what
+        ``score`` maps elementwise to them.
+      k: the rank, an int32 scalar (traced or not), clamped into ``[1, n]``
+        for ``n`` entries in all.
+      score: a cheap elementwise map from ``arrays`` to the scores (e.g.
+        ``jnp.abs``), computed in every pass instead of stored.
+
+    Returns:
+      :class:`KthValues` of float32 scalars.
+
+    Raises:
+      ValueError: ``arrays`` hold no entry, or more than a search counts.
+    """
+    score = _identity if score is None else score
+    size = sum(math.prod(x.shape) for x in arrays)
+    if size == 0:
+        raise ValueError("`arrays` hold no entry: an order statistic needs at least one score.")
+    if size > _MAX_TOTAL:
+        raise ValueError(f"`arrays` hold {size} entries; one search handles at most {_MAX_TOTAL}.")
+    k = jnp.clip(jnp.reshape(jnp.asarray(k, jnp.int32), (1,)), 1, size)
+    keys_of = lambda g, i, x: sortable_keys(score(x))
+    first_pivots = sample_pivots([arrays], k, score=score)
+    t, n_lt, n_le, _ = kth_keys([arrays], k, keys_of=keys_of, first_pivots=first_pivots)
+    t, n_lt, n_le, k = t[0], n_lt[0], n_le[0], k[0]
+    cut = n_lt == k  # exactly k keys below t (t need not be a key)
+    # The next key is the smallest above t, or at or above a cut. (t + 1 wraps only
+    # when t is the largest key, and then n_le = n: the next is t, or k = n.)
+    below, above, nan = _neighbours(arrays, score, t, jnp.where(cut, t, t + jnp.uint32(1)))
+    kth = jnp.where(cut, below, t)
+    nxt = jnp.where(k == size, kth, jnp.where(~cut & (n_le > k), t, above))
+    return KthValues(_key_value(kth), _key_value(nxt), nan > 0)
 
 
 def _flat_index(shape: tuple[int, ...], offset: int) -> jax.Array:

@@ -16,7 +16,12 @@ and combines them:
   fake-quantized batch, searched over ``candidates`` ranges ``(k / K)
   [lo_t, hi_t]``, ``k = 1..K``; the range is their mean over batches.
 
-Percentiles are linear-interpolated (``jnp.percentile``'s default). For
+Percentiles are linear-interpolated, as ``jnp.percentile``'s default
+computes them, but without its sort (:func:`exact_percentile`): on an
+activation sharded over devices a sort gathers the whole tensor, while the
+count-based selection of ``prune/threshold.py`` exchanges a few scalars per
+device per pass. Min-max, percentile and MSE ranges all reduce over every axis of the
+activation as it comes (never reshaped), so a sharded batch stays sharded. For
 ``"lsq"`` sites the step size is initialized from the range (``max(|lo|,
 |hi|) / Q_P``), for ``"pact"`` the clipping level to ``hi``. The state's
 ``count`` becomes the number of batches.
@@ -29,22 +34,107 @@ References:
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from jaxcompress._src import core, validate
+from jaxcompress._src.prune import threshold
 from jaxcompress._src.quant import activations as activation
 from jaxcompress._src.quant import hooks
 from jaxcompress._src.quant import lsq as lsq_lib
 from jaxcompress._src.quant.grid import Range, codes_ste, dequantize_codes, range_union
 
-__all__ = ["METHODS", "calibrate", "observe_range"]
+__all__ = ["METHODS", "calibrate", "exact_percentile", "observe_range"]
 
 METHODS = ("minmax", "ema", "percentile", "mse")
+
+
+def _check_percentile(q: Any, *, argument: str, zero_ok: bool = True) -> None:
+    """A ValueError unless ``q`` is traced or a real number in ``[0, 100]`` (``(0, 100]`` without ``zero_ok``)."""
+    if isinstance(q, jax.core.Tracer):
+        return
+    number = isinstance(q, numbers.Real) and not isinstance(q, bool)
+    number |= isinstance(q, (np.ndarray, jax.Array)) and q.ndim == 0 and jnp.issubdtype(q.dtype, jnp.number)
+    in_range = number and (float(q) >= 0 if zero_ok else float(q) > 0) and float(q) <= 100
+    if not in_range:
+        raise ValueError(f"`{argument}` must be a number in {'[0, 100]' if zero_ok else '(0, 100]'}, got {q!r}.")
+
+
+def _interpolation(q: jax.typing.ArrayLike, n: int) -> tuple[Any, ...]:
+    """``(floor, ceil, floor weight, ceil weight)`` of ``jnp.percentile``'s linear interpolation among ``n`` values.
+
+    ``jnp.percentile``'s float32 ops: position ``pos = q / 100 * (n - 1)``,
+    its floor and ceiling clamped into ``[0, n - 1]``, weights ``1 - w`` and
+    ``w = pos - floor(pos)``. A concrete ``q`` is worked out on the host,
+    each op rounded as written; for a traced one XLA may fold the constants
+    into ``q * ((n - 1) / 100)``, as it does inside ``jnp.percentile``.
+    """
+    xp = jnp if isinstance(q, jax.core.Tracer) else np
+    last = np.float32(n) - np.float32(1)  # n - 1, rounded as jnp.percentile rounds it
+    pos = xp.asarray(q, xp.float32) / xp.float32(100) * last
+    low = xp.clip(xp.floor(pos), xp.float32(0), last)
+    high = xp.clip(xp.ceil(pos), xp.float32(0), last)
+    high_weight = pos - xp.floor(pos)
+    return low, high, xp.float32(1) - high_weight, high_weight
+
+
+def exact_percentile(
+    x: jax.Array, q: jax.typing.ArrayLike, *, score: Callable[[jax.Array], jax.Array] | None = None
+) -> jax.Array:
+    """The ``q``-th percentile of all entries of ``x`` (of ``score(x)``), as ``jnp.percentile(x, q)``, sort-free.
+
+    Linear interpolation (``jnp.percentile``'s default), in its float32
+    arithmetic: at position ``pos = q / 100 * (n - 1)`` among the ``n``
+    sorted values ``v``, ``v[floor(pos)] * (1 - w) + v[ceil(pos)] * w`` with
+    ``w = pos - floor(pos)``; NaN if any value is NaN. The two order
+    statistics are exact, from
+    :func:`jaxcompress._src.prune.threshold.kth_values` (a count-based search
+    and one more pass): ``x`` is read a few times, never sorted, and a sharded
+    ``x`` is never gathered. The interpolation is ``jnp.percentile``'s
+    sequence of float32 ops (see :func:`_interpolation`), so the result is
+    ``jnp.percentile``'s when both are compiled alike. Where the position is a
+    whole number (``q`` 0 or 100, ``n = 1``, ...) it is an exact order
+    statistic, the same everywhere; elsewhere XLA's rewrites (the position of
+    a traced ``q``, a product and the sum fused into an FMA where the backend
+    does so) can move the last bits, in ``jnp.percentile`` as much as here.
+    ``-0.0`` comes back as ``0.0``, as ``jnp.sort`` orders it; like
+    ``jnp.percentile``, an infinite order statistic with weight 0 gives NaN.
+
+    Args:
+      x: a float array (any shape).
+      q: the percentile, in ``[0, 100]`` (a number, or a traced float32 scalar).
+      score: an elementwise map applied to ``x`` in every pass (e.g.
+        ``jnp.abs``): the percentile of ``score(x)``, never stored.
+
+    Returns:
+      A float32 scalar.
+
+    Raises:
+      ValueError: ``x`` is empty or not floating point, or ``q`` lies outside ``[0, 100]``.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from jaxcompress._src.quant.calibration import exact_percentile
+      >>> float(exact_percentile(jnp.array([4.0, 1.0, 3.0, 2.0]), 50.0))
+      2.5
+    """
+    _check_percentile(q, argument="q")
+    x = jnp.asarray(x)
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        raise ValueError(f"`x` must be a floating-point array, got dtype {x.dtype}.")
+    if x.size == 0:
+        raise ValueError("`x` is empty: a percentile needs at least one value.")
+    low, high, low_weight, high_weight = _interpolation(q, x.size)
+    found = threshold.kth_values([x], jnp.asarray(low, jnp.float32).astype(jnp.int32) + 1, score=score)
+    high_value = jnp.where(high > low, found.next, found.kth)
+    value = found.kth * low_weight + high_value * high_weight
+    return jnp.where(found.any_nan, jnp.float32(jnp.nan), value)
 
 
 def observe_range(
@@ -57,6 +147,13 @@ def observe_range(
 ) -> Range:
     """One batch's range of ``x`` for ``method`` (``"ema"`` observes like ``"minmax"``).
 
+    Every method reduces ``x`` over all its axes as it is (see the module
+    docstring): on a sharded ``x`` the devices exchange scalars only.
+
+    Raises:
+      ValueError: an unknown ``method``, ``percentile`` outside ``(0, 100]`` or
+        ``candidates`` below 1.
+
     Example:
       >>> import jax.numpy as jnp
       >>> from jaxcompress import quant
@@ -65,15 +162,19 @@ def observe_range(
       >>> float(r.lo), float(r.hi)
       (-45.0, 45.0)
     """
-    x32 = jnp.asarray(x, jnp.float32).reshape(-1)
+    if method not in METHODS:
+        raise ValueError(f"`method` must be one of {METHODS}, got {method!r}.")
+    x32 = jnp.asarray(x, jnp.float32)
     symmetric_signed = config.symmetric and config.signed
     if method in ("minmax", "ema"):
         return activation.observed_range(x32, config)
     if method == "percentile":
+        _check_percentile(percentile, argument="percentile", zero_ok=False)
         if symmetric_signed:
-            hi = jnp.percentile(jnp.abs(x32), percentile)
+            hi = exact_percentile(x32, percentile, score=jnp.abs)
             return Range(-hi, hi)
-        return Range(jnp.percentile(x32, 100.0 - percentile), jnp.percentile(x32, percentile))
+        return Range(exact_percentile(x32, 100.0 - percentile), exact_percentile(x32, percentile))
+    candidates = validate.check_int(candidates, argument="candidates", minimum=1)
     full = activation.observed_range(x32, config)
 
     def sse(fraction):
@@ -82,7 +183,7 @@ def observe_range(
         return jnp.sum(jnp.square(deq - x32))
 
     fractions = jnp.arange(1, candidates + 1, dtype=jnp.float32) / jnp.float32(candidates)
-    errors = lax.map(sse, fractions)
+    errors = lax.map(sse, fractions)  # one scalar sum per candidate (a scalar all-reduce when sharded)
     best = fractions[jnp.argmin(errors)]
     return Range(full.lo * best, full.hi * best)
 
