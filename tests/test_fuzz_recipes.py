@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 import jaxcompress as jc
 
 EXAMPLES = int(os.environ.get("JAXCOMPRESS_FUZZ_EXAMPLES", "120"))
-RECIPE_EXAMPLES = max(EXAMPLES // 12, 1)
+RECIPE_EXAMPLES = max(EXAMPLES // 20, 1)
 EXPORT_EXAMPLES = max(EXAMPLES // 60, 1)
 SETTINGS = dict(deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
 

@@ -18,7 +18,7 @@ from jax.sharding import PartitionSpec as P
 
 import jaxcompress as jc
 
-STEPS = 3
+STEPS = 2
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -118,11 +118,8 @@ def exact_percentile(
     Raises:
       ValueError: ``x`` is empty or not floating point, or ``q`` lies outside ``[0, 100]``.
 
-    Example:
-      >>> import jax.numpy as jnp
-      >>> from jaxcompress._src.quant.calibration import exact_percentile
-      >>> float(exact_percentile(jnp.array([4.0, 1.0, 3.0, 2.0]), 50.0))
-      2.5
+    Example: ``exact_percentile(jnp.array([4.0, 1.0, 3.0, 2.0]), 50.0)`` is ``2.5``
+    (:func:`observe_range`'s example runs it).
     """
     _check_percentile(q, argument="q")
     x = jnp.asarray(x)
