@@ -76,12 +76,15 @@ class Checkpoints:
         self.directory, self.every = pathlib.Path(directory).absolute(), every
         options = ocp.CheckpointManagerOptions(
             max_to_keep=keep,
-            save_interval_steps=every,
             enable_async_checkpointing=async_save,
             create=True,
             cleanup_tmp_directories=True,  # what a killed save left behind
         )
-        self._manager = ocp.CheckpointManager(self.directory, options=options)
+        handlers = {
+            _STATE: ocp.PyTreeCheckpointHandler(type_handler_registry=_registry()),
+            _RECORD: ocp.JsonCheckpointHandler(),
+        }
+        self._manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
 
     @property
     def steps(self) -> list[int]:
@@ -99,9 +102,7 @@ class Checkpoints:
         if step % self.every and not force:
             return False
         record = {"step": step, "data_position": data_position, "leaves": _signature(state)}
-        args = ocp.args.Composite(
-            **{_STATE: ocp.args.StandardSave(_key_data(state)), _RECORD: ocp.args.JsonSave(record)}
-        )
+        args = ocp.args.Composite(**{_STATE: ocp.args.PyTreeSave(_key_data(state)), _RECORD: ocp.args.JsonSave(record)})
         return bool(self._manager.save(step, args=args, force=force))
 
     def restore(self, like: Any, *, step: int | None = None) -> Restored | None:
@@ -132,7 +133,7 @@ class Checkpoints:
             _check_matches(record["leaves"], like, s, self.directory)  # the caller's tree: an error, not damage
             target = jax.tree.map(_abstract, _key_data(like))
             try:
-                state = self._manager.restore(s, args=ocp.args.Composite(**{_STATE: ocp.args.StandardRestore(target)}))
+                state = self._manager.restore(s, args=ocp.args.Composite(**{_STATE: _restore_args(target)}))
             except Exception as error:
                 self._skip(s, error, candidates[i + 1 :], explicit=step is not None)
                 continue
@@ -179,6 +180,40 @@ class Checkpoints:
 
     def __exit__(self, *exc_info) -> None:
         self.close()
+
+
+def _registry():
+    """Orbax's handlers, but a replicated array smaller than _MIN_SPLIT_BYTES is saved whole by one replica.
+
+    Orbax splits every replicated array across its replicas by default, one eager slice each: for a model's
+    many small replicated leaves (biases, counters, masks of unsharded kernels) that is most of a save's
+    blocking time.
+    """
+    th = ocp.type_handlers
+    return th.create_type_handler_registry(
+        (int, th.ScalarHandler()),
+        (float, th.ScalarHandler()),
+        (bytes, th.ScalarHandler()),
+        (np.number, th.ScalarHandler()),
+        (np.ndarray, th.NumpyHandler()),
+        (jax.Array, th.ArrayHandler(min_slice_bytes_for_replica_parallel=_MIN_SPLIT_BYTES)),
+        (str, th.StringHandler()),
+    )
+
+
+_MIN_SPLIT_BYTES = 1 << 22
+
+
+def _restore_args(target: Any) -> Any:
+    restore = jax.tree.map(
+        lambda x: (
+            ocp.ArrayRestoreArgs(sharding=x.sharding, global_shape=x.shape, dtype=x.dtype)
+            if x.sharding is not None
+            else ocp.RestoreArgs()
+        ),
+        target,
+    )
+    return ocp.args.PyTreeRestore(item=target, restore_args=restore)
 
 
 def _check_step(step: Any) -> int:
