@@ -123,7 +123,7 @@ class Checkpoints:
             try:
                 record = self._manager.restore(s, args=ocp.args.Composite(**{_RECORD: ocp.args.JsonRestore()}))
                 record = record[_RECORD]
-                if not isinstance(record, dict) or record.get("step") != s:
+                if not isinstance(record, dict) or record.get("step") != s or "leaves" not in record:
                     raise ValueError(
                         f"its record names step {record.get('step') if isinstance(record, dict) else None}"
                     )

@@ -50,7 +50,7 @@ def initialize(
 
 
 def global_mesh(axes: Mapping[str, int]) -> Mesh:
-    """A mesh over every device of every process, with ``axes`` as ``{name: size}`` (one size may be -1).
+    """A mesh (Auto axes) over every device of every process, with ``axes`` as ``{name: size}`` (one size may be -1).
 
     The first axis is the slowest-varying one: give ``{"data": -1, "fsdp": 4}``
     to place each FSDP group on neighbouring devices (one host, on most
