@@ -110,12 +110,11 @@ def main(argv: list[str] | None = None) -> int:
     tx = jc.optim.with_compression(optax.sgd(args.lr, momentum=0.9), recipe)
     apply_fn = lambda p, x: model.apply({"params": p}, x)
 
-    abstract = jax.eval_shape(lambda: model.init(jax.random.key(args.seed), jnp.ones((1, 784)))["params"])
+    make_params = lambda: model.init(jax.random.key(args.seed), jnp.ones((1, 784)))["params"]
+    abstract = jax.eval_shape(make_params)
     param_sh = jc.train.fsdp_shardings(abstract, mesh, list(mesh.shape)[-1])
-    placed = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, param_sh)
-    init_params = jax.jit(
-        lambda: model.init(jax.random.key(args.seed), jnp.ones((1, 784)))["params"], out_shardings=param_sh
-    )
+    placed = _with(abstract, param_sh)
+    init_params = jax.jit(make_params, out_shardings=param_sh)
     abstract_opt = jax.eval_shape(tx.init, placed)
     opt_sh = jc.train.state_shardings(abstract_opt, placed)
     replicated = NamedSharding(mesh, P())

@@ -54,7 +54,7 @@ def _check_same_shape(a: PackedMask, b: PackedMask) -> None:
         raise ValueError(f"Cannot combine masks of shapes {a.shape} and {b.shape}.")
 
 
-def _rows_cols(shape: tuple[int, ...]) -> tuple[int, int]:
+def rows_cols(shape: tuple[int, ...]) -> tuple[int, int]:
     if len(shape) == 0:
         return 1, 1
     if len(shape) == 1:
@@ -66,7 +66,7 @@ def _rows_cols(shape: tuple[int, ...]) -> tuple[int, int]:
 def pack(mask: jax.Array) -> PackedMask:
     """Packs a boolean mask."""
     shape = tuple(mask.shape)
-    rows, cols = _rows_cols(shape)
+    rows, cols = rows_cols(shape)
     keep = jnp.reshape(mask.astype(jnp.bool_), (rows, cols))
     # Bit i of byte r holds row 8r + i (little bit order, as jnp.packbits). Eight
     # strided slices OR-ed together fuse into one loop with the mask's producer
@@ -84,7 +84,7 @@ def pack(mask: jax.Array) -> PackedMask:
 @jax.jit
 def unpack(packed: PackedMask) -> jax.Array:
     """Unpacks to a boolean mask of the original shape."""
-    rows, cols = _rows_cols(packed.shape)
+    rows, cols = rows_cols(packed.shape)
     # (bytes, 8, cols): bit i of byte r is row 8r + i. Shifting a broadcast byte
     # row keeps the columns contiguous, so the consumer's loop (a select on the
     # weights) vectorizes, which jnp.unpackbits' layout prevents.
@@ -96,6 +96,6 @@ def unpack(packed: PackedMask) -> jax.Array:
 def ones(shape: tuple[int, ...]) -> PackedMask:
     """A mask that keeps everything (the bits :func:`pack` gives an all-True mask, built without compiling)."""
     shape = tuple(int(d) for d in shape)
-    rows, cols = _rows_cols(shape)
+    rows, cols = rows_cols(shape)
     bits = np.packbits(np.ones((rows, cols), np.bool_), axis=0, bitorder="little")
     return PackedMask(jnp.asarray(bits), shape)

@@ -31,6 +31,7 @@ import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec, Sharding
 
+from jaxcompress._src import masks as masks_lib
 from jaxcompress._src import paths as paths_lib
 
 __all__ = [
@@ -234,17 +235,14 @@ def _derive(sharding: Sharding, param_shape, shape: tuple[int, ...], *, packed: 
         return _replicated([sharding])
     mesh = sharding.mesh
     spec = tuple(sharding.spec) + (None,) * (len(param_shape) - len(sharding.spec))
-    if packed and len(shape) == 2 and param_shape:
-        rows, cols = (param_shape[0], 1) if len(param_shape) == 1 else (math.prod(param_shape[:-1]), param_shape[-1])
+    if packed and param_shape:
+        rows, cols = masks_lib.rows_cols(param_shape)
         if shape == (-(-rows // 8), cols):
-            last = spec[-1] if len(param_shape) > 1 else None
             # Rows split on the first axis alone fall on whole bytes when each device holds a multiple of 8.
             lead = spec[0] if all(a is None for a in spec[1:-1]) else None
-            if len(param_shape) == 1:
-                lead = spec[0]
             if lead is not None and (rows // _size(mesh, lead)) % 8 != 0:
                 lead = None
-            return _valid(mesh, (lead, last), shape)
+            return _valid(mesh, (lead, spec[-1] if len(param_shape) > 1 else None), shape)
     aligned = spec[len(param_shape) - len(shape) :] if len(shape) <= len(param_shape) else (None,) * len(shape)
     entries = tuple(
         a if len(shape) <= len(param_shape) and d == param_shape[len(param_shape) - len(shape) + i] else None
